@@ -96,3 +96,58 @@ def make_requests(items: object) -> list[EditRequest]:
             )
         seen[key] = r.target
     return out
+
+
+class Fact(BaseModel):
+    """What an agent states: a relation phrase and its object, e.g. ("lives in the city of", "Warsaw").
+
+    The relation may hold `{}` for the subject ("{}'s favorite color is"); without it the
+    subject is put first ("{} lives in the city of").
+    """
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    relation: str
+    object: str
+
+    @field_validator("relation", mode="before")
+    @classmethod
+    def _relation(cls, v: object) -> str:
+        text = _clean(v, "relation", MAX_TEXT_CHARS)
+        if text.count("{}") > 1:
+            raise ValueError(f"relation {text!r} holds '{{}}' more than once; use it once, for the subject")
+        return text
+
+    @field_validator("object", mode="before")
+    @classmethod
+    def _object(cls, v: object) -> str:
+        return _clean(v, "object", MAX_TEXT_CHARS)
+
+    @property
+    def prompt(self) -> str:
+        return self.relation if "{}" in self.relation else "{} " + self.relation
+
+    def request(self, subject: str) -> EditRequest:
+        return EditRequest(subject=subject, prompt=self.prompt, target=self.object)
+
+
+def make_facts(subject: object, facts: object) -> list[EditRequest]:
+    """Validate (subject, facts) as an agent gives them; facts are Fact, (relation, object) or dicts."""
+    if isinstance(facts, (str, bytes)) or not isinstance(facts, (list, tuple)) or not facts:
+        raise RoseMemoryError("facts must be a non-empty list of (relation, object) pairs")
+    items = []
+    for i, f in enumerate(facts):
+        try:
+            if isinstance(f, Fact):
+                fact = f
+            elif isinstance(f, dict):
+                fact = Fact(**f)
+            elif isinstance(f, (list, tuple)) and len(f) == 2:
+                fact = Fact(relation=f[0], object=f[1])
+            else:
+                raise RoseMemoryError(f"fact {i} must be a (relation, object) pair or a dict with relation and object")
+            items.append({"subject": subject, "prompt": fact.prompt, "target": fact.object})
+        except ValidationError as err:
+            msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            raise RoseMemoryError(f"fact {i}: {msgs}") from None
+    return make_requests(items)
