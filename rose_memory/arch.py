@@ -39,10 +39,22 @@ SPECS: dict[str, ArchSpec] = {
     "gemma2": _LLAMA,
     "phi3": _LLAMA,
     "olmo": _LLAMA,
+    "gemma3_text": _LLAMA,
+    "olmo2": _LLAMA,
+    "smollm3": _LLAMA,
+    "stablelm": _LLAMA,
+    "granite": _LLAMA,
+    "cohere": _LLAMA,
+    "starcoder2": ArchSpec(layers="model.layers", mlp_out="mlp.c_proj", final_norm="model.norm"),
     "gpt2": ArchSpec(layers="transformer.h", mlp_out="mlp.c_proj", final_norm="transformer.ln_f", conv1d=True),
+    "gpt_neo": ArchSpec(layers="transformer.h", mlp_out="mlp.c_proj", final_norm="transformer.ln_f"),
     "phi": ArchSpec(layers="model.layers", mlp_out="mlp.fc2", final_norm="model.final_layernorm"),
     "gptj": ArchSpec(layers="transformer.h", mlp_out="mlp.fc_out", final_norm="transformer.ln_f"),
+    "codegen": ArchSpec(layers="transformer.h", mlp_out="mlp.fc_out", final_norm="transformer.ln_f"),
     "gpt_neox": ArchSpec(layers="gpt_neox.layers", mlp_out="mlp.dense_4h_to_h", final_norm="gpt_neox.final_layer_norm"),
+    "falcon": ArchSpec(layers="transformer.h", mlp_out="mlp.dense_4h_to_h", final_norm="transformer.ln_f"),
+    "bloom": ArchSpec(layers="transformer.h", mlp_out="mlp.dense_4h_to_h", final_norm="transformer.ln_f"),
+    "opt": ArchSpec(layers="model.decoder.layers", mlp_out="fc2", final_norm="model.decoder.final_layer_norm"),
 }
 
 
