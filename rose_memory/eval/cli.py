@@ -1,0 +1,93 @@
+"""`rose-memory eval`: run the same-subject benchmark and write the JSON, answers and report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+from ..errors import RoseMemoryError
+from .runner import ALL_METHODS, MODES, parse_methods
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="run the same-subject editing benchmark",
+        description="Write each subject's facts with each method, ask the model, and score the answers "
+        "(efficacy, generalization, instruction, confusion, locality, fluency, name fidelity). "
+        "Progress bars go to stderr; set TQDM_DISABLE=1 to silence them.",
+    )
+    p.add_argument("--data", required=True, metavar="FILE", help="benchmark file (.jsonl, one subject a line)")
+    p.add_argument("--locality", metavar="FILE", help="locality prompts (.jsonl with prompt and answer)")
+    p.add_argument("--model", metavar="M", default=None, help="model: embedded default, a path, a hub id or a .gguf")
+    p.add_argument("--methods", required=True, metavar="LIST", help=f"comma-separated, from: {','.join(ALL_METHODS)}")
+    p.add_argument("--mode", required=True, choices=MODES)
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N subjects")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--json", required=True, metavar="OUT", help="results JSON to write")
+    p.add_argument("--report", metavar="DIR", help="write report.md and a bar chart PNG here")
+    p.add_argument("--answers", metavar="FILE", help="write every probe as one JSON line here")
+    p.set_defaults(func=run_command)
+
+
+def _check_output(path: str, what: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(parent):
+        raise RoseMemoryError(f"{what} {path}: folder {parent} does not exist; create it first")
+    if os.path.isdir(path):
+        raise RoseMemoryError(f"{what} {path} is a directory; give a file name")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (for the report)."""
+    parts = ["rose-memory", "eval"]
+    for flag in ("data", "locality", "model", "methods", "mode", "limit", "seed", "json", "report", "answers"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            parts += [f"--{flag}", str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .data import load_benchmark, load_locality
+
+    # Everything the user gave is checked before the model is loaded or anything runs.
+    methods = parse_methods(args.methods)
+    subjects = load_benchmark(args.data)
+    locality = load_locality(args.locality) if args.locality else []
+    if args.limit is not None:
+        if args.limit < 1:
+            raise RoseMemoryError(f"--limit must be at least 1, got {args.limit}")
+        subjects = subjects[: args.limit]
+    _check_output(args.json, "--json")
+    if args.answers:
+        _check_output(args.answers, "--answers")
+    if args.report:
+        if os.path.exists(args.report) and not os.path.isdir(args.report):
+            raise RoseMemoryError(f"--report {args.report} is a file; give a folder")
+        try:
+            os.makedirs(args.report, exist_ok=True)
+        except OSError as err:
+            raise RoseMemoryError(f"--report {args.report}: cannot create the folder ({err})") from None
+
+    from ..model import load_cached
+    from .report import markdown_table, write_answers, write_json, write_report
+    from .runner import EvalRun, Runner
+
+    lm = load_cached(args.model)
+    runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=True,
+                    keep_records=bool(args.answers))
+    run = EvalRun(model=lm.name, data=args.data, mode=args.mode)
+
+    def save(result) -> None:
+        run.results.append(result)
+        write_json(run, args.json)  # after every method, so a long run keeps what it measured
+
+    runner.run(methods, on_result=save)
+    if args.answers:
+        write_answers(run.results, args.answers)
+    if args.report:
+        write_report(run, args.report, command=command_line(args))
+    print(markdown_table(run))
+    return 0

@@ -1,0 +1,182 @@
+"""Batched greedy generation: prompt rendering, left padding, one `generate` per group of prompts.
+
+Prompts of a group that share a leading run of tokens (the chat template's system turn, facts put
+in context) have that prefix encoded once and its key/value cache shared by the whole group; the
+rest is left-padded after it. Position ids follow the attention mask, so every row sees exactly
+the positions it would see alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import RoseMemoryError
+from ..model import LoadedModel
+
+MAX_NEW_TOKENS = 24
+BATCH_SIZE = 64  # prompts per generate call
+MAX_BATCH_TOKENS = 16384  # rows x (padded length + new tokens): bounds the key/value cache memory
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate forward pass
+
+
+def render(lm: LoadedModel, text: str, chat: bool, context: Sequence[str] = ()) -> str:
+    """The exact string sent to the model.
+
+    chat: `text` as the user message through the model's chat template with the generation
+    prompt; `context` (fact sentences) becomes the system message. Raw: `text` itself, the
+    context sentences written before it.
+    """
+    if chat:
+        messages = []
+        if context:
+            facts = "\n".join(f"- {c}" for c in context)
+            messages.append({"role": "system", "content": f"You are a helpful assistant. You know these facts:\n{facts}"})
+        messages.append({"role": "user", "content": text})
+        return lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if context:
+        return " ".join(context) + "\n" + text
+    return text
+
+
+def check_chat_template(lm: LoadedModel) -> None:
+    if not getattr(lm.tokenizer, "chat_template", None):
+        raise RoseMemoryError(
+            f"model {lm.name!r} has no chat template; the benchmark asks its questions through one "
+            "(use an instruct/chat model)"
+        )
+
+
+def encode(lm: LoadedModel, rendered: str, chat: bool) -> list[int]:
+    # A rendered chat template already holds its special tokens.
+    return lm.tokenizer(rendered, add_special_tokens=not chat).input_ids
+
+
+def decode(lm: LoadedModel, ids: Sequence[int]) -> str:
+    return lm.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def eos_ids(lm: LoadedModel) -> list[int]:
+    ids = set()
+    for value in (lm.tokenizer.eos_token_id, getattr(lm.model.generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    # transformers 5 renamed `past_key_values` to `cache`.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _new_cache(model: torch.nn.Module):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    limit = min(len(r) for r in rows) - 1  # every row keeps at least one token of its own
+    n = 0
+    first = rows[0]
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
+
+
+def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    from transformers import GenerationConfig
+
+    model, tok = lm.model, lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(lm)[0]
+    stop = eos_ids(lm)
+    shared = _common_prefix(rows) if len(rows) > 1 else 0
+    if shared < MIN_SHARED_PREFIX:
+        shared = 0
+    width = max(len(r) - shared for r in rows)
+    ids, mask = [], []
+    for r in rows:
+        gap = width - (len(r) - shared)
+        ids.append(list(r[:shared]) + [pad] * gap + list(r[shared:]))
+        mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
+    device = lm.device
+    input_ids = torch.tensor(ids, device=device)
+    attention_mask = torch.tensor(mask, device=device)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=stop
+    )
+    kwargs = {}
+    with torch.no_grad():
+        if shared:
+            key = _cache_kwarg(model)
+            cache = _new_cache(model)
+            model(input_ids=input_ids[:1, :shared], use_cache=True, **{key: cache})
+            cache.batch_repeat_interleave(len(rows))
+            kwargs[key] = cache
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
+    new = out[:, input_ids.shape[1] :].tolist()
+    answers = []
+    for row in new:
+        cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+        answers.append(row[:cut])
+    return answers
+
+
+def generate_ids(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = False,
+    desc: str = "generating",
+) -> list[list[int]]:
+    """Greedy continuations (token ids, end-of-sequence stripped) of tokenized prompts.
+
+    Prompts are grouped by their first token and sorted by length, so that a group shares its
+    prefix and pads little; each group is one `generate` call.
+    """
+    if not prompts:
+        return []
+    order = sorted(range(len(prompts)), key=lambda i: (prompts[i][:1], len(prompts[i]), i))
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g is not None:
+            rows = len(g) + 1
+            longest = max(len(prompts[j]) for j in g + [i])
+            same_start = prompts[g[0]][:1] == prompts[i][:1]
+            if same_start and rows <= batch_size and rows * (longest + max_new_tokens) <= MAX_BATCH_TOKENS:
+                g.append(i)
+                continue
+        groups.append([i])
+    out: list[list[int] | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=desc, leave=False, **({} if progress else {"disable": True}))
+    for g in groups:
+        for i, answer in zip(g, _generate_batch(lm, [prompts[i] for i in g], max_new_tokens)):
+            out[i] = answer
+        bar.update(len(g))
+    bar.close()
+    return out  # type: ignore[return-value]
+
+
+def perplexity(lm: LoadedModel, text: str, context: Sequence[str] = ()) -> float:
+    """Perplexity of `text` (raw), after the context sentences if any; only the text's tokens are scored."""
+    tok = lm.tokenizer
+    prefix = tok(" ".join(context) + "\n").input_ids if context else []
+    body = tok(text, add_special_tokens=not context).input_ids
+    ids = torch.tensor([prefix + body], device=lm.device)
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits[0, :-1].float()  # [len-1, vocab]
+    labels = ids[0, 1:]
+    nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    scored = nll[max(len(prefix) - 1, 0) :]  # predictions of the text's tokens
+    return float(math.exp(scored.mean().item()))

@@ -1,0 +1,440 @@
+"""The same-subject benchmark runner: write facts with a method, generate, score.
+
+Modes (shared/benchmark/README.md, issue 3):
+- batch: every subject starts from the clean model; all its facts are written in one call, the
+  subject's probes and the locality probes are answered, then the Delta is reverted.
+- sequential: facts are written one call at a time, subject after subject, never reverted.
+  After each subject the locality probes (locality file + questions of the subjects not yet
+  edited) and fluency are measured; efficacy, generalization and instruction of every subject
+  are measured at the end, when all writes are in.
+
+Methods `none` (unedited model) and `in-context` (the facts written so far put in the context:
+the system message for questions, a preamble for raw text; no weight change) live here; all
+others go through `rose_memory.editing.edit`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..editing import METHODS as EDIT_METHODS
+from ..editing import edit
+from ..errors import RoseMemoryError
+from ..model import LoadedModel
+from . import metrics as M
+from .data import BenchSubject, LocalityItem, fact_sentence, fill
+from .generate import (
+    BATCH_SIZE,
+    MAX_NEW_TOKENS,
+    check_chat_template,
+    decode,
+    encode,
+    generate_ids,
+    perplexity,
+    render,
+)
+
+RUNNER_METHODS = ("in-context", "none")
+ALL_METHODS = (*EDIT_METHODS, *RUNNER_METHODS)
+MODES = ("batch", "sequential")
+METRICS = ("efficacy", "generalization", "instruction", "confusion", "locality", "fluency", "name_fidelity")
+
+# Fluency: generations on generic prompts (questions through the chat template, the rest raw).
+GENERIC_PROMPTS = (
+    "Once upon a time, in a small village by the sea,",
+    "The most important thing about learning to cook is",
+    "Scientists study the ocean because",
+    "On weekends, many families like to",
+    "The history of the printing press",
+    "Why do people enjoy listening to music?",
+    "What are some good ways to stay healthy?",
+    "How does a bicycle work?",
+)
+
+# Perplexity before/after editing is measured on this text (report only; not in the JSON contract).
+FIXED_TEXT = (
+    "The town library opens at nine in the morning and closes at six in the evening. "
+    "On Saturdays, volunteers read stories to children in the small room next to the garden. "
+    "Most visitors come to borrow novels, but the library also keeps old maps, newspapers "
+    "and a collection of photographs that show how the streets looked a hundred years ago."
+)
+
+
+def parse_methods(value: str | Sequence[str]) -> list[str]:
+    """'rose,memit' or a list -> validated, de-duplicated method names."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(m).strip() for m in items if str(m).strip()]
+    if not names:
+        raise RoseMemoryError(f"no methods given; choose from {', '.join(ALL_METHODS)}")
+    for name in names:
+        if name not in ALL_METHODS:
+            raise RoseMemoryError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
+    if len(set(names)) != len(names):
+        raise RoseMemoryError(f"method listed twice in {','.join(names)}; list each once")
+    return names
+
+
+def new_target_cache():
+    """One cache of computed target values for the whole run (shared by all methods), if editing offers one."""
+    try:
+        from ..editing import TargetCache  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return TargetCache()
+
+
+@dataclass(frozen=True)
+class Probe:
+    subject: str
+    metric: str  # efficacy | generalization | instruction | locality | fluency
+    text: str  # the prompt, subject filled in
+    chat: bool
+    max_new: int
+    target: str = ""
+    others: tuple[str, ...] = ()  # targets of the subject's other facts (confusion)
+
+
+@dataclass
+class MethodResult:
+    method: str
+    metrics: dict[str, float | None]
+    n_probes: dict[str, int]
+    seconds_per_write: float
+    perplexity_before: float
+    perplexity_after: float
+    records: list[dict] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict:
+        return {
+            "method": self.method,
+            "metrics": {k: self.metrics[k] for k in METRICS},
+            "n_probes": {k: int(self.n_probes[k]) for k in METRICS},
+            "seconds_per_write": float(self.seconds_per_write),
+        }
+
+
+@dataclass
+class EvalRun:
+    model: str
+    data: str
+    mode: str
+    results: list[MethodResult] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "data": self.data, "mode": self.mode, "results": [r.to_json() for r in self.results]}
+
+
+class Answerer:
+    """Greedy answers per model state; a prompt is generated at most once per state.
+
+    State "clean" (unedited weights) lives for the whole run: it gives the reference answers
+    for locality and fluency, and the answers of `none`. Other states are dropped after use.
+    """
+
+    def __init__(self, lm: LoadedModel, batch_size: int = BATCH_SIZE, progress: bool = True):
+        self.lm = lm
+        self.batch_size = batch_size
+        self.progress = progress
+        # state -> (rendered prompt, chat) -> (answer ids, tokens asked for)
+        self.memo: dict[str, dict[tuple[str, bool], tuple[list[int], int]]] = {}
+        self.generated = 0  # prompts generated, all states (tests check that nothing runs twice)
+
+    @staticmethod
+    def _enough(entry: tuple[list[int], int] | None, want: int) -> bool:
+        return entry is not None and (entry[1] >= want or len(entry[0]) < entry[1])
+
+    def ask(self, state: str, probes: Sequence[Probe], context: Sequence[str] = ()) -> list[tuple[str, list[int]]]:
+        """(rendered prompt, answer ids cut to the probe's max_new) for each probe."""
+        memo = self.memo.setdefault(state, {})
+        keys = [(render(self.lm, p.text, p.chat, context), p.chat) for p in probes]
+        missing: dict[int, dict[tuple[str, bool], None]] = {}
+        for key, p in zip(keys, probes):
+            if not self._enough(memo.get(key), p.max_new):
+                missing.setdefault(p.max_new, {})[key] = None
+        for n in sorted(missing, reverse=True):  # longest first: it also serves shorter requests
+            todo = [k for k in missing[n] if not self._enough(memo.get(k), n)]
+            if not todo:
+                continue
+            ids = generate_ids(
+                self.lm,
+                [encode(self.lm, r, chat) for r, chat in todo],
+                max_new_tokens=n,
+                batch_size=self.batch_size,
+                progress=self.progress,
+                desc=f"generating ({n} tokens)",
+            )
+            self.generated += len(todo)
+            for key, answer in zip(todo, ids):
+                memo[key] = (answer, n)
+        return [(key[0], memo[key][0][: p.max_new]) for key, p in zip(keys, probes)]
+
+    def drop(self, state: str) -> None:
+        self.memo.pop(state, None)
+
+
+def main_probes(subject: BenchSubject) -> list[Probe]:
+    out = []
+    for f in subject.facts:
+        others = tuple(g.target for g in subject.facts if g is not f)
+        out.append(Probe(subject.name, "efficacy", fill(f.prompt, subject.name), False, MAX_NEW_TOKENS, f.target, others))
+        for p in f.paraphrases:
+            out.append(Probe(subject.name, "generalization", fill(p, subject.name), False, MAX_NEW_TOKENS, f.target, others))
+        for q in f.questions:
+            out.append(Probe(subject.name, "instruction", fill(q, subject.name), True, MAX_NEW_TOKENS, f.target, others))
+    return out
+
+
+def locality_probes(items: Sequence[LocalityItem], unedited: Sequence[BenchSubject], question_tokens: int) -> list[Probe]:
+    """The locality file's prompts, then the questions of `unedited` subjects (all compared on 8 tokens)."""
+    out = [Probe("", "locality", it.prompt, it.chat, M.LOCALITY_TOKENS) for it in items]
+    for s in unedited:
+        out += [Probe(s.name, "locality", q, True, question_tokens) for q in s.questions()]
+    return out
+
+
+def fluency_probes() -> list[Probe]:
+    return [Probe("", "fluency", t, t.rstrip().endswith("?"), MAX_NEW_TOKENS) for t in GENERIC_PROMPTS]
+
+
+class _Tally:
+    """Per-method accumulation of probe outcomes and answer records."""
+
+    def __init__(self, method: str, keep_records: bool):
+        self.method = method
+        self.hits: dict[str, list[bool]] = {m: [] for m in METRICS if m != "fluency"}
+        self.fluency_after: list[str] = []
+        self.fluency_before: list[str] = []
+        self.ppl_after: list[float] = []
+        self.records: list[dict] | None = [] if keep_records else None
+
+    def add(self, subject: str, metric: str, prompt: str, answer: str, target, hit) -> None:
+        if metric in self.hits:
+            self.hits[metric].append(bool(hit))
+        if self.records is not None:
+            self.records.append(
+                {"method": self.method, "subject": subject, "metric": metric, "prompt": prompt,
+                 "answer": answer, "target": target, "hit": hit}
+            )
+
+    def result(self, seconds_per_write: float, ppl_before: float) -> MethodResult:
+        values: dict[str, float | None] = {}
+        counts: dict[str, int] = {}
+        for m in METRICS:
+            if m == "fluency":
+                counts[m] = len(self.fluency_after)
+                ratio = M.fluency_ratio(self.fluency_after, self.fluency_before) if counts[m] else None
+                values[m] = ratio if ratio is not None and math.isfinite(ratio) else None
+            else:
+                counts[m] = len(self.hits[m])
+                values[m] = sum(self.hits[m]) / counts[m] if counts[m] else None
+        ppl_after = sum(self.ppl_after) / len(self.ppl_after) if self.ppl_after else ppl_before
+        return MethodResult(
+            method=self.method, metrics=values, n_probes=counts, seconds_per_write=seconds_per_write,
+            perplexity_before=ppl_before, perplexity_after=ppl_after, records=self.records or [],
+        )
+
+
+class Runner:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        subjects: Sequence[BenchSubject],
+        locality: Sequence[LocalityItem] = (),
+        mode: str = "batch",
+        seed: int = 0,
+        progress: bool = True,
+        keep_records: bool = False,
+        batch_size: int = BATCH_SIZE,
+        edit_fn: Callable | None = None,
+    ):
+        if mode not in MODES:
+            raise RoseMemoryError(f"unknown mode {mode!r}; use batch or sequential")
+        if not subjects:
+            raise RoseMemoryError("no subjects to evaluate")
+        check_chat_template(lm)
+        self.lm = lm
+        self.subjects = list(subjects)
+        self.locality = list(locality)
+        self.mode = mode
+        self.seed = seed
+        self.progress = progress
+        self.keep_records = keep_records
+        self.edit_fn = edit_fn or edit
+        self.answerer = Answerer(lm, batch_size=batch_size, progress=progress)
+        self.target_cache = new_target_cache()
+        self.ppl_before: float | None = None
+        self._question_tokens = M.LOCALITY_TOKENS
+        self._step = 0
+
+    # ---- the whole run -------------------------------------------------------------------
+    def run(self, methods: Sequence[str], on_result: Callable[[MethodResult], None] | None = None) -> list[MethodResult]:
+        methods = parse_methods(list(methods))
+        # The clean model answers the questions with the full length if `none` is measured, so
+        # that no prompt is generated twice on the clean weights.
+        self._question_tokens = MAX_NEW_TOKENS if "none" in methods else M.LOCALITY_TOKENS
+        self._reference_pass()
+        results = []
+        for method in methods:
+            result = self.run_method(method)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        return results
+
+    def _reference_pass(self) -> None:
+        """Answers of the unedited model for every locality and fluency probe, computed once."""
+        if self.ppl_before is None:
+            self.ppl_before = perplexity(self.lm, FIXED_TEXT)
+        probes = locality_probes(self.locality, self.subjects, self._question_tokens) + fluency_probes()
+        self.answerer.ask("clean", probes)
+
+    def run_method(self, method: str) -> MethodResult:
+        parse_methods([method])
+        if self.ppl_before is None:
+            self._reference_pass()
+        random.seed(self.seed)
+        torch.manual_seed(self.seed)
+        tally = _Tally(method, self.keep_records)
+        self._write_seconds, self._writes = 0.0, 0
+        if self.mode == "batch":
+            self._batch(method, tally)
+        else:
+            self._sequential(method, tally)
+        spw = self._write_seconds / self._writes if self._writes else 0.0
+        return tally.result(spw, self.ppl_before)
+
+    # ---- writing -------------------------------------------------------------------------
+    def _write(self, method: str, requests: list) -> object:
+        start = time.perf_counter()
+        delta = self.edit_fn(self.lm, requests, method=method, progress=False, cache=self.target_cache)
+        delta.apply(self.lm.model)
+        self._write_seconds += time.perf_counter() - start
+        self._writes += 1
+        return delta
+
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, **({} if self.progress else {"disable": True}))
+
+    def _new_state(self, method: str) -> str:
+        if method == "none":
+            return "clean"
+        self._step += 1
+        return f"{method}#{self._step}"
+
+    def _batch(self, method: str, tally: _Tally) -> None:
+        bar = self._bar(len(self.subjects), f"{method} (batch)")
+        for subject in self.subjects:
+            delta, context = None, ()
+            state = self._new_state(method)
+            try:
+                if method == "in-context":
+                    context = tuple(fact_sentence(subject.name, f) for f in subject.facts)
+                elif method != "none":
+                    delta = self._write(method, subject.requests())
+                others = [s for s in self.subjects if s is not subject]
+                self._measure(tally, state, context, subject.name, [subject], others)
+            finally:
+                if delta is not None:
+                    delta.revert(self.lm.model)
+                if state != "clean":
+                    self.answerer.drop(state)
+            bar.update(1)
+        bar.close()
+
+    def _sequential(self, method: str, tally: _Tally) -> None:
+        deltas = []
+        context: list[str] = []
+        bar = self._bar(sum(len(s.facts) for s in self.subjects), f"{method} (sequential)")
+        try:
+            for i, subject in enumerate(self.subjects):
+                for fact, request in zip(subject.facts, subject.requests()):
+                    if method == "in-context":
+                        context.append(fact_sentence(subject.name, fact))
+                    elif method != "none":
+                        deltas.append(self._write(method, [request]))
+                    bar.update(1)
+                state = self._new_state(method)
+                last = i == len(self.subjects) - 1
+                # The last state also answers every subject's probes: all writes are in.
+                self._measure(tally, state, tuple(context), subject.name, self.subjects if last else [],
+                              self.subjects[i + 1 :])
+                if state != "clean":
+                    self.answerer.drop(state)
+        finally:
+            for delta in reversed(deltas):
+                delta.revert(self.lm.model)
+            bar.close()
+
+    # ---- measuring one model state ---------------------------------------------------------
+    def _measure(
+        self,
+        tally: _Tally,
+        state: str,
+        context: Sequence[str],
+        written: str,
+        subjects: Sequence[BenchSubject],
+        unedited: Sequence[BenchSubject],
+    ) -> None:
+        """Answer and score, in the current model state: `subjects`' own probes, fluency, and
+        locality (the locality file plus the questions of `unedited`)."""
+        own = [p for s in subjects for p in main_probes(s)]
+        loc = locality_probes(self.locality, unedited, M.LOCALITY_TOKENS)
+        flu = fluency_probes()
+        probes = own + loc + flu
+        answers = self.answerer.ask(state, probes, context)
+        refs = self.answerer.ask("clean", loc + flu)  # all cached by the reference pass
+        lm = self.lm
+
+        for p, (prompt, ids) in zip(own, answers[: len(own)]):
+            text = decode(lm, ids)
+            tally.add(p.subject, p.metric, prompt, text, p.target, M.hit(text, p.target))
+            if p.metric == "instruction":
+                tally.add(p.subject, "confusion", prompt, text, list(p.others), M.confused(text, p.target, p.others))
+                named = M.name_fidelity_probe(text, p.subject)
+                if named is not None:
+                    tally.add(p.subject, "name_fidelity", prompt, text, p.subject, named)
+        for p, (prompt, ids), (_, ref) in zip(loc, answers[len(own) : len(own) + len(loc)], refs[: len(loc)]):
+            same = M.same_start(ref, ids)
+            tally.add(written, "locality", prompt, decode(lm, ids[: M.LOCALITY_TOKENS]),
+                      decode(lm, ref[: M.LOCALITY_TOKENS]), same)
+        for p, (prompt, ids), (_, ref) in zip(flu, answers[len(own) + len(loc) :], refs[len(loc) :]):
+            after, before = decode(lm, ids), decode(lm, ref)
+            tally.fluency_after.append(after)
+            tally.fluency_before.append(before)
+            tally.add(written, "fluency", prompt, after, before, None)
+        if state == "clean":
+            tally.ppl_after.append(self.ppl_before)
+        else:
+            tally.ppl_after.append(perplexity(lm, FIXED_TEXT, context))
+
+
+def run_eval(
+    lm: LoadedModel,
+    subjects: Sequence[BenchSubject],
+    locality: Sequence[LocalityItem],
+    methods: Sequence[str] | str,
+    mode: str = "batch",
+    seed: int = 0,
+    progress: bool = True,
+    keep_records: bool = False,
+    data_name: str = "",
+    on_result: Callable[[MethodResult], None] | None = None,
+) -> EvalRun:
+    names = parse_methods(methods)
+    runner = Runner(lm, subjects, locality, mode=mode, seed=seed, progress=progress, keep_records=keep_records)
+    run = EvalRun(model=lm.name, data=data_name, mode=mode)
+
+    def collect(result: MethodResult) -> None:
+        run.results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    runner.run(names, on_result=collect)
+    return run
