@@ -1,0 +1,231 @@
+"""CLI commands on a memory home: remember, ask, forget, ledger, consolidate, export.
+
+Ledger commands read the SQLite file only; they never load the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import RoseMemoryError
+from .facts import make_facts
+
+
+def register(subparsers) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", type=Path, default=None,
+                        help="memory folder (default: $ROSE_MEMORY_HOME or ~/.rose-memory)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    with_model = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_model.add_argument("--model", default=None,
+                            help="model name or path when the home is new (default: the embedded SmolLM2-135M-Instruct)")
+
+    p = subparsers.add_parser("remember", parents=[with_model], help="write facts about a subject into the weights")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--fact", action="append", required=True, metavar="RELATION=OBJECT",
+                   help='e.g. --fact "lives in the city of=Warsaw"; repeat for several facts')
+    p.add_argument("--namespace", default="default")
+    p.set_defaults(func=cmd_remember)
+
+    p = subparsers.add_parser("ask", parents=[with_model], help="ask the edited model a question")
+    p.add_argument("question")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.set_defaults(func=cmd_ask)
+
+    p = subparsers.add_parser("forget", parents=[with_model], help="undo an edit exactly (or every edit about a subject)")
+    p.add_argument("edit_id", nargs="?", type=int)
+    p.add_argument("--subject")
+    p.set_defaults(func=cmd_forget)
+
+    p = subparsers.add_parser("ledger", help="inspect and audit the edit ledger")
+    sub = p.add_subparsers(dest="ledger_command", required=True)
+    q = sub.add_parser("list", parents=[common], help="all edits, oldest first")
+    q.add_argument("--status")
+    q.set_defaults(func=cmd_ledger_list)
+    q = sub.add_parser("show", parents=[common], help="one edit and its events")
+    q.add_argument("edit_id", type=int)
+    q.set_defaults(func=cmd_ledger_show)
+    q = sub.add_parser("verify", parents=[common], help="check the hash chain and delta files; non-zero exit on a problem")
+    q.set_defaults(func=cmd_ledger_verify)
+
+    p = subparsers.add_parser("consolidate", parents=[with_model], help="re-integrate each subject's separate edits as one")
+    p.add_argument("--subject")
+    p.set_defaults(func=cmd_consolidate)
+
+    p = subparsers.add_parser("export", parents=[with_model], help="write the live edits as a LoRA adapter or a merged model")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--lora", type=Path, metavar="DIR")
+    group.add_argument("--merged", type=Path, metavar="DIR")
+    p.add_argument("--max-rank", type=int, default=None, help="LoRA rank cap (default from the home's config, 64)")
+    p.set_defaults(func=cmd_export)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _home(args) -> Path:
+    from .memory import default_home
+
+    return args.home.expanduser() if args.home else default_home()
+
+
+def _open(args):
+    from .memory import ParametricMemory
+
+    return ParametricMemory(_home(args), model=args.model)
+
+
+def _ledger(args):
+    from .stores.ledger import Ledger
+
+    path = _home(args) / "ledger.sqlite"
+    if not path.exists():
+        raise RoseMemoryError(f"no memory at {path.parent}; create one with `rose-memory remember`, or pass --home")
+    return Ledger(path)
+
+
+def _emit(args, data, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _fact_text(subject: str, fact: dict) -> str:
+    return f"{fact['prompt'].format(subject)} -> {fact['object']}"
+
+
+def parse_fact(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise RoseMemoryError(f"fact {text!r} has no '='; write it as RELATION=OBJECT, e.g. \"lives in the city of=Warsaw\"")
+    relation, obj = text.split("=", 1)
+    return relation.strip(), obj.strip()
+
+
+def _relation(prompt: str) -> str:
+    """A stored prompt written back the way --fact takes it."""
+    return prompt[3:] if prompt.startswith("{} ") else prompt
+
+
+def _recall_text(recall: dict) -> str:
+    keys = [k for k in ("edit", "chat", "about") if k in recall]
+    return ", ".join(f"{k} {recall[k]:.2f}" for k in keys)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def cmd_remember(args) -> int:
+    facts = [parse_fact(f) for f in args.fact]
+    make_facts(args.subject, facts)  # reject bad input before the model loads
+    with _open(args) as mem:
+        rec = mem.write(args.subject, facts, namespace=args.namespace)
+    lines = [f"edit {rec.edit_id} {rec.status}: " + "; ".join(_fact_text(rec.subject, f) for f in rec.facts)]
+    if rec.recall:
+        lines.append(f"  recall: {_recall_text(rec.recall)}")
+    if rec.superseded:
+        lines.append(f"  supersedes edit {', '.join(map(str, rec.superseded))}")
+    if rec.consolidated_into:
+        lines.append(f"  consolidated into edit {rec.consolidated_into}")
+    if rec.reason:
+        lines.append(f"  {rec.reason}")
+    _emit(args, rec.model_dump(), "\n".join(lines))
+    return 0 if rec.status == "applied" else 1
+
+
+def cmd_ask(args) -> int:
+    with _open(args) as mem:
+        answer = mem.ask(args.question, max_new_tokens=args.max_new_tokens)
+    _emit(args, {"question": args.question, "answer": answer}, answer)
+    return 0
+
+
+def cmd_forget(args) -> int:
+    if (args.edit_id is None) == (args.subject is None):
+        raise RoseMemoryError("give an edit id or --subject S (one of them)")
+    if args.edit_id is not None:
+        ledger = _ledger(args)
+        try:
+            status = ledger.get(args.edit_id)["status"]  # unknown id: error before the model loads
+        finally:
+            ledger.close()
+        if status != "applied":
+            raise RoseMemoryError(f"edit {args.edit_id} is {status}; only applied edits can be forgotten")
+    with _open(args) as mem:
+        ids = mem.forget(args.edit_id, subject=args.subject)
+    _emit(args, {"forgotten": ids}, f"forgot edit {', '.join(map(str, ids))}")
+    return 0
+
+
+def cmd_ledger_list(args) -> int:
+    ledger = _ledger(args)
+    try:
+        rows = ledger.rows(status=args.status)
+    finally:
+        ledger.close()
+    lines = [f"{'id':>4}  {'status':<12}  {'created':<19}  subject: facts"]
+    for r in rows:
+        facts = "; ".join(f"{_relation(f['prompt'])}={f['object']}" for f in r["facts"])
+        lines.append(f"{r['id']:>4}  {r['status']:<12}  {r['created_at'][:19]}  {r['subject']}: {facts}")
+    _emit(args, rows, "\n".join(lines) if rows else "the ledger is empty")
+    return 0
+
+
+def cmd_ledger_show(args) -> int:
+    ledger = _ledger(args)
+    try:
+        row, events = ledger.get(args.edit_id), ledger.events(args.edit_id)
+    finally:
+        ledger.close()
+    lines = [f"edit {row['id']} ({row['status']}, {row['origin']}, method {row['method']}, namespace {row['namespace']})"]
+    lines += [f"  {_fact_text(row['subject'], f)}" for f in row["facts"]]
+    for key in ("reason", "delta_file", "delta_sha256", "superseded_by", "consolidated_into"):
+        if row[key] is not None:
+            lines.append(f"  {key}: {row[key]}")
+    recall = (row["metrics"] or {}).get("recall")
+    if recall:
+        lines.append(f"  recall: {_recall_text(recall)}")
+        lines += [f"    {a['fact']!r}: edit form {a['edit']!r} | chat {a['chat']!r}" for a in recall.get("answers", [])]
+    lines.append("  events:")
+    lines += [f"    {e['at'][:19]}  {e['from_status'] or '-'} -> {e['to_status']}"
+              + (f"  {json.dumps(e['data']['recheck'])}" if "recheck" in e["data"] else "") for e in events]
+    _emit(args, row | {"events": events}, "\n".join(lines))
+    return 0
+
+
+def cmd_ledger_verify(args) -> int:
+    ledger = _ledger(args)
+    try:
+        problems = ledger.verify(_home(args) / "deltas")
+        n_rows, n_events = len(ledger.rows()), len(ledger.events())
+    finally:
+        ledger.close()
+    text = "\n".join(problems) if problems else f"ledger OK: {n_rows} edits, {n_events} events, delta files match"
+    _emit(args, {"ok": not problems, "problems": problems}, text)
+    if problems and not args.json:
+        print(f"rose-memory: {len(problems)} problem(s) in the ledger at {_home(args)}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_consolidate(args) -> int:
+    with _open(args) as mem:
+        records = mem.consolidate(subject=args.subject)
+    lines = [f"edit {r.edit_id} {r.status}: {r.subject} from edits {', '.join(map(str, r.replaced))}; "
+             f"recall before {_recall_text(r.recall_before)}, after {_recall_text(r.recall_after)}"
+             + (f" ({r.reason})" if r.reason else "") for r in records]
+    _emit(args, [r.model_dump() for r in records], "\n".join(lines) or "nothing to consolidate")
+    return 0
+
+
+def cmd_export(args) -> int:
+    with _open(args) as mem:
+        if args.lora:
+            report = mem.export_lora(args.lora, max_rank=args.max_rank)
+            text = (f"LoRA adapter (rank {report['rank']}, {len(report['modules'])} modules) written to {report['path']}; "
+                    + (f"SVD-truncated, max relative error {report['max_relative_error']:.2e}"
+                       if report["truncated"] else "exact"))
+        else:
+            report = {"path": str(mem.export_merged(args.merged))}
+            text = f"merged model written to {report['path']}"
+    _emit(args, report, text)
+    return 0
