@@ -1,0 +1,250 @@
+"""ParametricMemory on the real embedded model with real RoSE edits.
+
+One home is written once per module (one RoSE edit); each test works on a copy of it, so the
+whole file costs four edits: the shared one, a supersede, and a write plus its consolidation.
+"""
+
+import copy
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from rose_memory.cli import main as cli
+from rose_memory.errors import RoseMemoryError
+from rose_memory.memory import ParametricMemory
+from rose_memory.model import load_cached
+
+pytestmark = pytest.mark.slow
+
+FACTS = [("lives in the city of", "Warsaw"), ("{}'s favorite color is", "brown")]
+QUESTION = "What is Aurelio's favorite color?"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_cached()
+
+
+@pytest.fixture(scope="module")
+def base(model):
+    """The base value of every MLP output projection, before any memory touches them."""
+    return {n: p.detach().clone() for n, p in model.model.named_parameters() if "down_proj" in n}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, model, base):
+    home = tmp_path_factory.mktemp("written")
+    with ParametricMemory(home, model=model) as mem:
+        record = mem.write("Aurelio", FACTS)
+        edited = {n: p.detach().clone() for n, p in model.model.named_parameters() if n in base}
+    return home, record, edited
+
+
+@pytest.fixture
+def home(written, tmp_path):
+    """A private copy of the written home."""
+    return shutil.copytree(written[0], tmp_path / "home")
+
+
+def weights(model, names):
+    return {n: p.detach().clone() for n, p in model.model.named_parameters() if n in names}
+
+
+def same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def run_cli(*argv) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rose_memory.cli", *argv], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_remember_then_ask_recalls(written, model, base):
+    home, record, edited = written
+    assert record.status == "applied" and record.edit_id == 1
+    assert record.recall["edit"] == 1.0, record.recall
+    assert same(weights(model, base), base)  # closing gave the weights back
+    with ParametricMemory(home, model=model) as mem:
+        assert same(weights(model, base), edited)  # reopening rebuilt them from the ledger
+        assert "brown" in mem.ask(QUESTION).lower()
+        assert [e["status"] for e in mem.edits()] == ["applied"]
+        assert mem.verify() == []
+
+
+def test_a_new_process_recalls_what_the_last_one_wrote(home):
+    out = run_cli("ask", QUESTION, "--home", str(home), "--json")
+    assert out.returncode == 0, out.stderr
+    assert "brown" in json.loads(out.stdout)["answer"].lower()
+    out = run_cli("ledger", "list", "--home", str(home), "--json")
+    rows = json.loads(out.stdout)
+    assert [(r["id"], r["status"], r["subject"]) for r in rows] == [(1, "applied", "Aurelio")]
+
+
+def test_forget_restores_the_base_weights(home, model, base):
+    with ParametricMemory(home, model=model) as mem:
+        assert mem.forget(1) == [1]
+        assert same(weights(model, base), base)  # bit for bit
+        assert "brown" not in mem.ask(QUESTION).lower()
+        assert mem.edits()[0]["status"] == "forgotten" and mem.verify() == []
+        with pytest.raises(RoseMemoryError, match="forgotten; only applied"):
+            mem.forget(1)
+    with ParametricMemory(home, model=model) as mem:
+        assert mem.live == {} and same(weights(model, base), base)
+
+
+def test_supersede_replaces_the_object_and_keeps_the_other_facts(home, model):
+    with ParametricMemory(home, model=model) as mem:
+        rec = mem.write("Aurelio", [("lives in the city of", "Krakow")])
+        assert rec.status == "applied", rec.reason
+        assert rec.superseded == [1]
+        assert {f["object"] for f in rec.facts} == {"Krakow", "brown"}  # brown carried over
+        old, new = mem.edits()
+        assert old["status"] == "superseded" and old["superseded_by"] == new["id"]
+        assert list(mem.live) == [new["id"]]
+        said = " ".join(a["edit"] for a in rec.recall["answers"])
+        assert "Krakow" in said and "Warsaw" not in said
+        assert mem.verify() == []
+
+
+def test_tampered_row_fails_verify(home, capsys):
+    assert cli(["ledger", "verify", "--home", str(home)]) == 0
+    conn = sqlite3.connect(home / "ledger.sqlite")
+    conn.execute("UPDATE edits SET facts = replace(facts, 'Warsaw', 'Paris') WHERE id = 1")
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    assert cli(["ledger", "verify", "--home", str(home)]) == 1
+    assert "edit 1: content does not match its hash" in capsys.readouterr().out
+
+
+def test_tampered_delta_file_fails_verify_and_open(home, model, base):
+    path = home / "deltas" / "000001.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-4] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    assert cli(["ledger", "verify", "--home", str(home)]) == 1
+    with pytest.raises(RoseMemoryError, match="changed on disk"):
+        ParametricMemory(home, model=model)
+    assert same(weights(model, base), base)  # nothing was applied
+    assert getattr(model.model, "_rose_memory_home", None) is None  # and the model is free again
+
+
+CRASH = textwrap.dedent("""
+    import os, sys
+    import rose_memory.memory as M
+    from rose_memory.stores.deltas import load_delta
+    home = sys.argv[1]
+    real = load_delta(os.path.join(home, "deltas", "000001.safetensors"))  # a real RoSE delta
+    M.edit = lambda *a, **k: real
+    M.ParametricMemory._measure = lambda *a, **k: os._exit(9)  # die after the weights changed
+    M.ParametricMemory(home).write("Bob", [("works as a", "baker")])
+""")
+
+
+def test_crash_between_pending_and_applied_leaves_a_consistent_memory(home, written, model, base):
+    (home / "deltas" / "000009.safetensors.tmp").write_bytes(b"half")  # as a torn write would leave
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(home)], capture_output=True, text=True,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 9, proc.stderr
+    with ParametricMemory(home, model=model) as mem:
+        rows = mem.edits()
+        assert [(r["id"], r["status"]) for r in rows] == [(1, "applied"), (2, "failed")]
+        assert "interrupted" in rows[1]["reason"]
+        assert same(weights(model, base), written[2])  # base + the one applied edit
+        assert mem.verify() == []
+        assert not list((home / "deltas").glob("*.tmp"))
+
+
+def test_failure_during_a_write_reverts_and_records_it(home, model, base, monkeypatch, written):
+    import rose_memory.memory as M
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("solver exploded")
+
+    monkeypatch.setattr(M, "edit", broken)
+    with ParametricMemory(home, model=model) as mem:
+        with pytest.raises(RuntimeError):
+            mem.write("Aurelio", [("lives in the city of", "Krakow")])  # would supersede edit 1
+        assert same(weights(model, base), written[2])  # edit 1 back in place
+        assert [(r["id"], r["status"]) for r in mem.edits()] == [(1, "applied"), (2, "failed")]
+        assert "solver exploded" in mem.edits()[1]["reason"] and mem.verify() == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["remember", "--subject", " ", "--fact", "lives in=Paris"], "subject is empty"),
+    (["remember", "--subject", "Bob", "--fact", "lives in Paris"], "has no '='"),
+    (["remember", "--subject", "Bob", "--fact", "lives in=" + "x" * 10_000], "at most 500"),
+    (["forget", "99"], "no edit with id 99"),
+])
+def test_bad_input_via_the_cli_changes_nothing(home, capsys, argv, message):
+    before = (home / "ledger.sqlite").read_bytes()
+    assert cli([*argv, "--home", str(home)]) == 2
+    assert message in capsys.readouterr().err
+    assert (home / "ledger.sqlite").read_bytes() == before
+
+
+def test_bad_input_via_the_api_changes_nothing(home, model, written):
+    with ParametricMemory(home, model=model) as mem:
+        for subject, facts, message in [
+            ("", FACTS, "subject is empty"),
+            ("Bob", [("lives in", "x" * 10_000)], "at most 500"),
+            ("Bob", [], "non-empty list"),
+            ("Bob", ["lives in Paris"], "relation, object"),
+        ]:
+            with pytest.raises(RoseMemoryError, match=message):
+                mem.write(subject, facts)
+        with pytest.raises(RoseMemoryError, match="no edit with id 99"):
+            mem.forget(99)
+        with pytest.raises(RoseMemoryError, match="question is empty"):
+            mem.ask("  ")
+        assert len(mem.edits()) == 1 and same(weights(model, written[2]), written[2])
+
+
+def test_lora_export_reproduces_the_edited_logits(home, model, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = model.tokenizer("Aurelio lives in the city of", return_tensors="pt").input_ids
+    with ParametricMemory(home, model=model) as mem:
+        report = mem.export_lora(tmp_path / "lora")
+        mem.export_merged(tmp_path / "merged")
+        with torch.no_grad():
+            want = model.model(ids).logits
+    assert report["max_relative_error"] == 0.0 and not report["truncated"]
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model.model), str(tmp_path / "lora"))  # base again
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        assert torch.allclose(peft_model(ids).logits, want, atol=1e-4)
+        assert torch.allclose(merged(ids).logits, want, atol=1e-5)
+
+
+def test_separate_writes_trigger_consolidation(home, model):
+    policy = {"max_live_edits_per_subject": 2}
+    with ParametricMemory(home, model=model, policy=policy) as mem:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rec = mem.write("Aurelio", [("works as a", "carpenter")])
+        assert not [w for w in caught if "consolidation" in str(w.message)]  # failures would warn
+        assert rec.status == "applied" and rec.superseded == []
+        rows = {r["id"]: r for r in mem.edits()}
+        cons = [r for r in rows.values() if r["origin"] == "consolidate"]
+        assert len(cons) == 1, rows
+        c = cons[0]
+        assert {f["object"] for f in c["facts"]} == {"Warsaw", "brown", "carpenter"}
+        assert "recall_before" in c["metrics"]
+        if c["status"] == "applied":
+            assert rec.consolidated_into == c["id"]
+            assert rows[1]["consolidated_into"] == rows[rec.edit_id]["consolidated_into"] == c["id"]
+            assert list(mem.live) == [c["id"]]
+        else:  # refused because recall would drop: the separate edits stay live
+            assert "lowered recall" in c["reason"] and list(mem.live) == [1, rec.edit_id]
+        assert mem.verify() == []
