@@ -8,6 +8,7 @@ the positions it would see alone.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Sequence
@@ -93,7 +94,9 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_tokens: int,
+                    prefixes: dict | None = None) -> list[list[int]]:
+    """One `generate` call. `prefixes` keeps the key/value cache of shared prefixes between calls."""
     from transformers import GenerationConfig
 
     model, tok = lm.model, lm.tokenizer
@@ -102,6 +105,12 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
     shared = _common_prefix(rows) if len(rows) > 1 else 0
     if shared < MIN_SHARED_PREFIX:
         shared = 0
+    elif prefixes:
+        # Reuse the previous group's prefix if every row starts with it (a few tokens less shared
+        # is cheaper than encoding a long prefix, e.g. facts in context, again).
+        (kept,) = prefixes
+        if len(kept) <= shared and tuple(rows[0][: len(kept)]) == kept:
+            shared = len(kept)
     width = max(len(r) - shared for r in rows)
     ids, mask = [], []
     for r in rows:
@@ -118,8 +127,15 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
     with torch.no_grad():
         if shared:
             key = _cache_kwarg(model)
-            cache = _new_cache(model)
-            model(input_ids=input_ids[:1, :shared], use_cache=True, **{key: cache})
+            prefix = tuple(rows[0][:shared])
+            if prefixes is not None and prefix in prefixes:
+                cache = copy.deepcopy(prefixes[prefix])
+            else:
+                cache = _new_cache(model)
+                model(input_ids=input_ids[:1, :shared], use_cache=True, **{key: cache})
+                if prefixes is not None:
+                    prefixes.clear()  # keep only the latest: consecutive groups share it
+                    prefixes[prefix] = copy.deepcopy(cache)
             cache.batch_repeat_interleave(len(rows))
             kwargs[key] = cache
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
@@ -141,8 +157,8 @@ def generate_ids(
 ) -> list[list[int]]:
     """Greedy continuations (token ids, end-of-sequence stripped) of tokenized prompts.
 
-    Prompts are grouped by their first token and sorted by length, so that a group shares its
-    prefix and pads little; each group is one `generate` call.
+    Prompts are sorted by first token and length, so that a group mostly shares its prefix
+    and pads little, then cut into groups of `batch_size`; each group is one `generate` call.
     """
     if not prompts:
         return []
@@ -151,17 +167,16 @@ def generate_ids(
     for i in order:
         g = groups[-1] if groups else None
         if g is not None:
-            rows = len(g) + 1
-            longest = max(len(prompts[j]) for j in g + [i])
-            same_start = prompts[g[0]][:1] == prompts[i][:1]
-            if same_start and rows <= batch_size and rows * (longest + max_new_tokens) <= MAX_BATCH_TOKENS:
+            rows, longest = len(g) + 1, max(len(prompts[j]) for j in g + [i])
+            if rows <= batch_size and rows * (longest + max_new_tokens) <= MAX_BATCH_TOKENS:
                 g.append(i)
                 continue
         groups.append([i])
     out: list[list[int] | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, leave=False, **({} if progress else {"disable": True}))
+    prefixes: dict = {}
     for g in groups:
-        for i, answer in zip(g, _generate_batch(lm, [prompts[i] for i in g], max_new_tokens)):
+        for i, answer in zip(g, _generate_batch(lm, [prompts[i] for i in g], max_new_tokens, prefixes)):
             out[i] = answer
         bar.update(len(g))
     bar.close()

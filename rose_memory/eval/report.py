@@ -78,6 +78,9 @@ def write_report(run: EvalRun, directory: str, command: str = "") -> str:
     for r in run.results:
         ratio = r.perplexity_after / r.perplexity_before if r.perplexity_before else float("nan")
         out.append(f"| {r.method} | {r.perplexity_before:.2f} | {r.perplexity_after:.2f} | {ratio:.3f} |")
+    notes = [(r.method, n) for r in run.results for n in r.notes]
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {m}: {n}" for m, n in notes]
     out += ["", f"![metrics per method]({os.path.basename(chart)})", ""]
     path = os.path.join(directory, "report.md")
     with open(path, "w", encoding="utf-8") as fh:

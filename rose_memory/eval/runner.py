@@ -3,20 +3,23 @@
 Modes (shared/benchmark/README.md, issue 3):
 - batch: every subject starts from the clean model; all its facts are written in one call, the
   subject's probes and the locality probes are answered, then the Delta is reverted.
-- sequential: facts are written one call at a time, subject after subject, never reverted.
+- sequential: facts are written one call at a time, subject after subject, never reverted
+  between subjects. Editing methods write through a ParametricMemory (temporary home), so the
+  memory's own verification and consolidation policy act as they would for a chatbot.
   After each subject the locality probes (locality file + questions of the subjects not yet
   edited) and fluency are measured; efficacy, generalization and instruction of every subject
   are measured at the end, when all writes are in.
 
 Methods `none` (unedited model) and `in-context` (the facts written so far put in the context:
 the system message for questions, a preamble for raw text; no weight change) live here; all
-others go through `rose_memory.editing.edit`.
+others go through `rose_memory.editing.edit` (batch) or the memory (sequential).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +85,12 @@ def parse_methods(value: str | Sequence[str]) -> list[str]:
 
 
 def new_target_cache():
-    """One cache of computed target values for the whole run (shared by all methods), if editing offers one."""
+    """A cache of computed target values (editing.TargetCache), or None if editing offers none.
+
+    Used in batch mode and shared by all methods of a run: every write starts from the clean
+    weights, so a target computed for one method serves every method and ablation that uses
+    the same (model, requests, config).
+    """
     try:
         from ..editing import TargetCache  # type: ignore[attr-defined]
     except ImportError:
@@ -110,6 +118,7 @@ class MethodResult:
     perplexity_before: float
     perplexity_after: float
     records: list[dict] = field(default_factory=list, repr=False)
+    notes: list[str] = field(default_factory=list)  # report only (e.g. what the memory did)
 
     def to_json(self) -> dict:
         return {
@@ -212,6 +221,7 @@ class _Tally:
         self.fluency_after: list[str] = []
         self.fluency_before: list[str] = []
         self.ppl_after: list[float] = []
+        self.notes: list[str] = []
         self.records: list[dict] | None = [] if keep_records else None
 
     def add(self, subject: str, metric: str, prompt: str, answer: str, target, hit) -> None:
@@ -238,6 +248,7 @@ class _Tally:
         return MethodResult(
             method=self.method, metrics=values, n_probes=counts, seconds_per_write=seconds_per_write,
             perplexity_before=ppl_before, perplexity_after=ppl_after, records=self.records or [],
+            notes=self.notes,
         )
 
 
@@ -253,6 +264,7 @@ class Runner:
         keep_records: bool = False,
         batch_size: int = BATCH_SIZE,
         edit_fn: Callable | None = None,
+        memory_options: dict | None = None,
     ):
         if mode not in MODES:
             raise RoseMemoryError(f"unknown mode {mode!r}; use batch or sequential")
@@ -266,7 +278,8 @@ class Runner:
         self.seed = seed
         self.progress = progress
         self.keep_records = keep_records
-        self.edit_fn = edit_fn or edit
+        self.edit_fn = edit_fn or edit  # batch mode; sequential mode writes through ParametricMemory
+        self.memory_options = dict(memory_options or {})  # e.g. verify=..., policy=... (sequential mode)
         self.answerer = Answerer(lm, batch_size=batch_size, progress=progress)
         self.target_cache = new_target_cache()
         self.ppl_before: float | None = None
@@ -349,16 +362,34 @@ class Runner:
         bar.close()
 
     def _sequential(self, method: str, tally: _Tally) -> None:
-        deltas = []
+        """One fact per write, subject after subject, never reverted.
+
+        Editing methods write through a ParametricMemory in a temporary home, so its
+        verification and its consolidation policy act as they do for a chatbot; the memory
+        returns the weights to the base model when it is closed.
+        """
         context: list[str] = []
+        memory, home = None, None
+        if method not in RUNNER_METHODS:
+            from ..memory import ParametricMemory
+
+            home = tempfile.TemporaryDirectory(prefix="rose-memory-eval-")
+            memory = ParametricMemory(home=home.name, model=self.lm, method=method, progress=False,
+                                      **self.memory_options)
         bar = self._bar(sum(len(s.facts) for s in self.subjects), f"{method} (sequential)")
         try:
             for i, subject in enumerate(self.subjects):
-                for fact, request in zip(subject.facts, subject.requests()):
+                for fact in subject.facts:
                     if method == "in-context":
                         context.append(fact_sentence(subject.name, fact))
-                    elif method != "none":
-                        deltas.append(self._write(method, [request]))
+                    elif memory is not None:
+                        start = time.perf_counter()
+                        record = memory.write(subject.name, [{"relation": fact.prompt, "object": fact.target}])
+                        self._write_seconds += time.perf_counter() - start
+                        self._writes += 1
+                        if record.status != "applied":
+                            tally.notes.append(f"write of {fact_sentence(subject.name, fact)!r} {record.status}: "
+                                               f"{record.reason}")
                     bar.update(1)
                 state = self._new_state(method)
                 last = i == len(self.subjects) - 1
@@ -367,10 +398,18 @@ class Runner:
                               self.subjects[i + 1 :])
                 if state != "clean":
                     self.answerer.drop(state)
+            if memory is not None:
+                rows = memory.edits()
+                merged = sum(r["origin"] == "consolidate" and r["status"] == "applied" for r in rows)
+                live = sum(r["status"] == "applied" for r in rows)
+                tally.notes.append(f"memory: {self._writes} writes, {merged} consolidations applied, "
+                                   f"{live} live edits at the end")
         finally:
-            for delta in reversed(deltas):
-                delta.revert(self.lm.model)
             bar.close()
+            if memory is not None:
+                memory.close()
+            if home is not None:
+                home.cleanup()
 
     # ---- measuring one model state ---------------------------------------------------------
     def _measure(
