@@ -1,0 +1,49 @@
+"""`rose-memory chat`: a terminal chat whose long-term memory is the model's weights."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "chat",
+        help="chat in the terminal; facts you state are written into the model's weights",
+        description="A long-running chat. Only the last --window exchanges stay in the prompt; older "
+        "facts survive only as edits in the weights (and across sessions, through the home's ledger).",
+    )
+    p.add_argument("--home", type=Path, default=None,
+                   help="memory folder (default: $ROSE_MEMORY_HOME or ~/.rose-memory)")
+    p.add_argument("--model", default=None,
+                   help="model name or path when the home is new (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--window", type=int, default=3, help="exchanges kept in the prompt (default 3)")
+    p.add_argument("--no-extractor", action="store_true",
+                   help="write only what the agent saves with its tool or you save with /remember")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--echo", action="store_true",
+                   help="print each input line (for transcripts; on by default when stdin is not a terminal)")
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chatbot import ChatSession, run_terminal
+
+    if args.window < 0:
+        from rose_memory.errors import RoseMemoryError
+
+        raise RoseMemoryError("--window must be 0 or more exchanges")
+    interactive = sys.stdin.isatty()
+    read = input if interactive else _read_piped
+    with ChatSession.open(args.home, args.model, window=args.window, extractor=not args.no_extractor,
+                          max_new_tokens=args.max_new_tokens) as session:
+        run_terminal(session, read=read, echo=args.echo or not interactive)
+    return 0
+
+
+def _read_piped(prompt: str) -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
