@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .editing.api import METHODS, edit
 from .editing.delta import Delta
@@ -43,6 +43,8 @@ def default_home() -> Path:
 class VerifyConfig(BaseModel):
     """How a write is checked: generations for the edit's own wording and for chat questions."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
+
     raw_tokens: int = 12          # continuation of "Aurelio lives in the city of"
     chat_tokens: int = 40         # answer to a chat question
     chat_question: str = 'Finish the sentence "{text} ..."'
@@ -53,6 +55,8 @@ class VerifyConfig(BaseModel):
 
 class ConsolidationPolicy(BaseModel):
     """When the ledger asks for consolidation (checked after every applied write)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
 
     enabled: bool = True
     every_n_writes: int | None = 20            # applied writes since the last consolidation
@@ -65,6 +69,8 @@ class ConsolidationPolicy(BaseModel):
 
 class MemoryConfig(BaseModel):
     """Stored as config.json in the home; the model id fixes which base the deltas belong to."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
 
     model: str = EMBEDDED
     method: str = "rose"
@@ -99,6 +105,12 @@ class ConsolidationRecord(BaseModel):
 
 class _Rejected(Exception):
     """A write whose verification fell below the configured recall."""
+
+
+def _updated(current: BaseModel, given: BaseModel | dict) -> BaseModel:
+    if isinstance(given, dict):
+        return type(current).model_validate(current.model_dump() | given)
+    return type(current).model_validate(given.model_dump())
 
 
 def _facts_of(reqs: list[EditRequest]) -> list[dict]:
@@ -197,13 +209,13 @@ class ParametricMemory:
             if method not in METHODS:
                 raise RoseMemoryError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
             cfg.method = method
-        try:
+        try:  # a dict updates the stored settings; a config object replaces them
             if edit_config is not None:
-                cfg.edit = dict(edit_config)
+                cfg.edit = cfg.edit | dict(edit_config)
             if verify is not None:
-                cfg.verify = VerifyConfig.model_validate(verify if isinstance(verify, dict) else verify.model_dump())
+                cfg.verify = _updated(cfg.verify, verify)
             if policy is not None:
-                cfg.policy = ConsolidationPolicy.model_validate(policy if isinstance(policy, dict) else policy.model_dump())
+                cfg.policy = _updated(cfg.policy, policy)
         except ValidationError as err:
             raise RoseMemoryError(f"invalid memory settings: {err}") from None
         tmp = path.with_name("config.json.tmp")
@@ -555,4 +567,5 @@ class ParametricMemory:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ParametricMemory(home={str(self.home)!r}, model={self.config.model!r}, live_edits={len(self.live)})"
+        model = self.lm.name if self.lm is not None else None
+        return f"ParametricMemory(home={str(self.home)!r}, model={model!r}, live_edits={len(self.live)})"

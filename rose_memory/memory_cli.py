@@ -143,14 +143,16 @@ def cmd_ask(args) -> int:
 def cmd_forget(args) -> int:
     if (args.edit_id is None) == (args.subject is None):
         raise RoseMemoryError("give an edit id or --subject S (one of them)")
-    if args.edit_id is not None:
-        ledger = _ledger(args)
-        try:
-            status = ledger.get(args.edit_id)["status"]  # unknown id: error before the model loads
-        finally:
-            ledger.close()
-        if status != "applied":
-            raise RoseMemoryError(f"edit {args.edit_id} is {status}; only applied edits can be forgotten")
+    ledger = _ledger(args)  # refuse an unknown id or subject before the model loads
+    try:
+        if args.edit_id is not None:
+            status = ledger.get(args.edit_id)["status"]
+            if status != "applied":
+                raise RoseMemoryError(f"edit {args.edit_id} is {status}; only applied edits can be forgotten")
+        elif not ledger.rows(status="applied", subject=args.subject.strip()):
+            raise RoseMemoryError(f"no applied edits about {args.subject!r}; see `rose-memory ledger list`")
+    finally:
+        ledger.close()
     with _open(args) as mem:
         ids = mem.forget(args.edit_id, subject=args.subject)
     _emit(args, {"forgotten": ids}, f"forgot edit {', '.join(map(str, ids))}")
