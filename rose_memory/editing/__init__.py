@@ -5,5 +5,7 @@ Methods: rose, rose-no-iso, rose-no-hier, memit, alphaedit, lora.
 
 from .delta import Delta
 from .api import METHODS, edit
+from .config import EditConfig, config_for
+from .targets import TargetCache
 
-__all__ = ["Delta", "METHODS", "edit"]
+__all__ = ["Delta", "EditConfig", "METHODS", "TargetCache", "config_for", "edit"]

@@ -1,0 +1,69 @@
+"""Editing hyperparameters: one pydantic config, with a preset per model family."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from ..errors import RoseMemoryError
+
+
+class EditConfig(BaseModel):
+    # Where: MLP output projections of these blocks; the target value lives at the last one.
+    layers: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
+    # Target value optimisation (MEMIT's compute_z, batched).
+    v_steps: int = 25
+    v_lr: float = 0.5
+    clamp_norm_factor: float = 0.75
+    v_weight_decay: float = 0.5
+    kl_factor: float = 0.0625
+    stop_prob: float = 0.9           # stop when every target token row reaches this mean probability
+    n_generic_contexts: int = 5      # MEMIT: five model-sampled prefixes of 10 tokens, plus "{}"
+    generic_context_tokens: int = 10
+    # RoSE: Isotropic Geometric Alignment.
+    iso: bool = True
+    iso_lambda: float = 0.1          # ridge, relative to the mean squared key norm
+    chat_contexts: bool = True       # align keys and targets inside the chat template too
+    # RoSE: Hierarchical Knowledge Integration.
+    hier: bool = True
+    stage_steps: int = 12
+    anchor_weight: float = 1.0       # keeps each stage close to the previous one
+    joint_steps: int = 15
+    # MEMIT covariance / AlphaEdit null space (statistics of the model's own sampled text).
+    mom2_update_weight: float = 15000.0
+    mom2_n_samples: int = 256
+    mom2_sample_tokens: int = 64
+    nullspace_threshold: float = 2e-2
+    alphaedit_l2: float = 10.0
+    # LoRA fine-tuning baseline (peft).
+    lora_rank: int = 8
+    lora_steps: int = 40
+    lora_lr: float = 5e-3
+    seed: int = 0
+
+    def checked(self, n_layers: int) -> "EditConfig":
+        bad = [l for l in self.layers if not 0 <= l < n_layers]
+        if not self.layers or bad:
+            raise RoseMemoryError(f"edit layers {self.layers} must be non-empty and within 0..{n_layers - 1}")
+        return self
+
+
+# Per model family (config.model_type). Llama-family values follow MEMIT/AlphaEdit's Llama3-8B
+# hyperparameters, with the layer band scaled to the depth of the embedded 30-layer model.
+PRESETS: dict[str, dict] = {
+    "llama": {},
+    "qwen2": {},
+    "mistral": {},
+    "gpt2": {"mom2_update_weight": 20000.0, "v_lr": 0.5},
+}
+
+
+def config_for(model, overrides: dict | None = None) -> EditConfig:
+    kind = getattr(model.config, "model_type", "")
+    data = dict(PRESETS.get(kind, {}))
+    n = model.config.num_hidden_layers
+    if "layers" not in data and n != 30:
+        # Same relative band as on the 30-layer default: ~10%..28% of depth.
+        lo, hi = max(1, round(0.1 * n)), max(2, round(0.28 * n))
+        data["layers"] = list(range(lo, hi + 1))
+    data.update(overrides or {})
+    return EditConfig(**data).checked(n)

@@ -1,0 +1,60 @@
+"""Contexts a subject is seen in: plain, after generic text, and inside the chat template.
+
+Each context is a prefix string written before the subject. Generic prefixes are sampled
+from the model itself (as MEMIT does), so no corpus is downloaded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import LoadedModel
+
+# Generic user-turn openers: the words a user question often puts before a name. They are
+# not tied to any relation; the chat-template prefixes put the subject where questions put it.
+USER_OPENERS = ("", "Tell me about ", "What do you know about ", "Where does ", "What is ", "Which ")
+
+_generic_cache: dict[tuple, list[str]] = {}
+
+
+def generic_prefixes(lm: LoadedModel, n: int, n_tokens: int, seed: int = 0) -> list[str]:
+    """MEMIT's context templates: short texts the model samples itself, each followed by '. '."""
+    key = (lm.name, n, n_tokens, seed)
+    if key not in _generic_cache:
+        tok, model = lm.tokenizer, lm.model
+        starts = ["The", "Therefore", "Because", "I", "You"]
+        starts = [starts[i % len(starts)] for i in range(n)]
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        enc = tok(starts, return_tensors="pt", padding=True).to(lm.device)
+        tok.padding_side = old_side
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=True, top_k=5, max_new_tokens=n_tokens,
+                                 pad_token_id=tok.pad_token_id)
+        del gen
+        texts = tok.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+        _generic_cache[key] = [
+            (s + " " + t).replace("{", " ").replace("}", " ").replace("\n", " ").strip() + ". "
+            for s, t in zip(starts, texts)
+        ]
+    return _generic_cache[key]
+
+
+def chat_prefix(lm: LoadedModel, user_text_before_subject: str) -> str:
+    """The chat-template text up to where the subject appears in a user message."""
+    marker = "\x00SUBJ\x00"
+    text = chat_text(lm, marker)
+    return text[: text.index(marker)].replace(marker, "") + user_text_before_subject
+
+
+def chat_text(lm: LoadedModel, user: str, assistant: str | None = None) -> str:
+    """A user message (and optionally the start of the assistant reply) through the chat template."""
+    tok = lm.tokenizer
+    messages = [{"role": "user", "content": user}]
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:  # base models: a plain Q/A frame
+        text = f"Question: {user}\nAnswer:"
+    return text if assistant is None else text + assistant

@@ -1,0 +1,72 @@
+"""Forward hooks: read an MLP output projection's input (the key), add a vector to a block's output."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..arch import get_module, spec_for
+from ..model import LoadedModel
+from .tokens import Row, batch
+
+
+def _out_tensor(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def add_at_block(model, layer: int, positions: list[tuple[int, int, int]], vectors: torch.Tensor):
+    """Add vectors[v] to block `layer`'s output hidden state at (row, position) for (row, pos, v)."""
+    block = get_module(model, spec_for(model).block(layer))
+    rows = torch.tensor([p[0] for p in positions])
+    cols = torch.tensor([p[1] for p in positions])
+    which = torch.tensor([p[2] for p in positions])
+
+    def hook(_m, _inp, output):
+        h = _out_tensor(output)
+        add = torch.zeros_like(h)
+        add = add.index_put((rows, cols), vectors[which].to(h.dtype), accumulate=True)
+        h2 = h + add
+        return (h2,) + tuple(output[1:]) if isinstance(output, tuple) else h2
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def keys_and_outputs(lm: LoadedModel, rows: list[Row], layers: list[int], out_layer: int | None = None,
+                     chunk: int = 64) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    """Keys at each row's LAST lookup: MLP-out inputs per layer, {layer: [n, d_in]}, float32.
+
+    With `out_layer`, also the block output hidden state there, [n, d_model].
+    """
+    model, spec = lm.model, spec_for(lm.model)
+    keys: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    outs: list[torch.Tensor] = []
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        idx = torch.tensor([r.lookups[-1] for r in part])
+        ar = torch.arange(len(part))
+        handles = []
+        for l in layers:
+            mod = get_module(model, spec.mlp_out_module(l))
+
+            def pre(_m, args, l=l):
+                keys[l].append(args[0][ar, idx].detach().float().cpu())
+            handles.append(mod.register_forward_pre_hook(pre))
+        if out_layer is not None:
+            def post(_m, _i, output):
+                outs.append(_out_tensor(output)[ar, idx].detach().float().cpu())
+            handles.append(get_module(model, spec.block(out_layer)).register_forward_hook(post))
+        ids, mask = batch(part, lm.tokenizer.pad_token_id, lm.device)
+        try:
+            with torch.no_grad():
+                base = getattr(model, model.base_model_prefix, None)
+                (base if base is not None else model)(input_ids=ids, attention_mask=mask)
+        finally:
+            for h in handles:
+                h.remove()
+    return {l: torch.cat(v) for l, v in keys.items()}, (torch.cat(outs) if outs else None)

@@ -1,0 +1,135 @@
+"""RoSE: Robust Same-subject Editing (arXiv 2603.15518), as read in DESIGN.md.
+
+1. Isotropic Geometric Alignment: keys taken over varied contexts of the subject (plain,
+   after generic text, in a chat user turn, restated in the assistant reply) each map to the
+   subject's change; the solve is minimum-norm (C -> lam I), no covariance weighting.
+2. Hierarchical Knowledge Integration: ONE value per subject carries all its relations. It is
+   built in stages (relation 1, then 1..2, ..., each stage starting from and anchored to the
+   last), then refined jointly; the value is then spread over the edited layers.
+`iso=False` swaps in MEMIT's covariance solve; `hier=False` optimises the value jointly in one go.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from ..facts import EditRequest
+from ..model import LoadedModel
+from . import solvers
+from .config import EditConfig
+from .contexts import USER_OPENERS, chat_prefix, chat_text, generic_prefixes
+from .delta import Delta
+from .hooks import keys_and_outputs
+from .spread import spread
+from .stats import second_moments
+from .targets import TargetCache, optimize_values
+from .tokens import Row, build_row, split_prompt
+
+
+def _tagged(row: Row, group: int) -> Row:
+    row.group = group
+    return row
+
+
+def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) -> list[Row]:
+    """Where the value must make the model say the target: raw text, and answers in the chat template."""
+    before, after = split_prompt(req.prompt)
+    s, t = req.subject, req.target
+    rows = []
+    ctxs = [""] + generic_prefixes(lm, cfg.n_generic_contexts, cfg.generic_context_tokens, cfg.seed)[:2]
+    for c in ctxs:
+        rows.append(build_row(lm, [("text", c + before), ("subject", s), ("text", after), ("scored", " " + t)]))
+    if cfg.chat_contexts:
+        # The user names the subject; the assistant restates it (name scored: it must stay intact).
+        user = f"Tell me about {s}."
+        head = chat_text(lm, user)
+        u_before = head[: head.rindex(s)]
+        u_after = head[head.rindex(s) + len(s):]
+        rows.append(build_row(lm, [("text", u_before), ("subject", s), ("text", u_after + before),
+                                   ("subject_scored", s), ("text", after), ("scored", " " + t)]))
+        # The user asks with the relation's own words; the assistant answers with the object first.
+        user = f"{before}{s}{after}?".strip()
+        head = chat_text(lm, user)
+        i = head.rindex(s)
+        rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):]), ("scored", t)]))
+    return [_tagged(r, group) for r in rows]
+
+
+def key_rows(lm: LoadedModel, subject: str, group: int, cfg: EditConfig) -> list[Row]:
+    """The subject's keys over varied contexts (its last token, in each)."""
+    ctxs = [""] + generic_prefixes(lm, cfg.n_generic_contexts, cfg.generic_context_tokens, cfg.seed)
+    if cfg.chat_contexts:
+        ctxs += [chat_prefix(lm, o) for o in USER_OPENERS]
+        ctxs.append(chat_text(lm, f"Tell me about {subject}.", ""))
+    return [_tagged(build_row(lm, [("text", c), ("subject", subject)]), group) for c in ctxs]
+
+
+def _kl_row(lm, subject: str, group: int) -> Row:
+    return _tagged(build_row(lm, [("subject", subject), ("text", " is a")]), group)
+
+
+def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest]]", cfg: EditConfig,
+                 cache: TargetCache | None) -> torch.Tensor:
+    """One value per subject at layers[-1]: [n_subjects, d_model]."""
+    z = cfg.layers[-1]
+    key = TargetCache.key("rose-z", lm.name, {s: [r.model_dump() for r in rs] for s, rs in by_subject.items()},
+                          cfg.model_dump(include={"layers", "v_steps", "v_lr", "clamp_norm_factor", "v_weight_decay",
+                                                  "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts",
+                                                  "hier", "stage_steps", "anchor_weight", "joint_steps", "seed"}))
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return hit
+    subjects = list(by_subject)
+    plain = [_tagged(build_row(lm, [("subject", s)]), g) for g, s in enumerate(subjects)]
+    _, init = keys_and_outputs(lm, plain, [z], out_layer=z)          # [n_subjects, d]
+    kl = [_kl_row(lm, s, g) for g, s in enumerate(subjects)]
+    rows_of = {g: [target_rows(lm, r, g, cfg) for r in by_subject[s]] for g, s in enumerate(subjects)}
+    opt = dict(lr=cfg.v_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
+               kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob)
+    delta = torch.zeros_like(init)
+    kl_ref = None
+    if cfg.hier:
+        n_stages = max(len(v) for v in rows_of.values())
+        for stage in range(n_stages):
+            rows = [row for g in rows_of for fact_rows in rows_of[g][: stage + 1] for row in fact_rows]
+            anchor = delta.clone() if stage > 0 else None
+            delta, info = optimize_values(lm, z, rows, kl, init, delta, cfg.stage_steps, anchor=anchor,
+                                          anchor_weight=cfg.anchor_weight, kl_ref=kl_ref, **opt)
+            kl_ref = info["kl_ref"]
+        rows = [row for g in rows_of for fact_rows in rows_of[g] for row in fact_rows]
+        delta, info = optimize_values(lm, z, rows, kl, init, delta, cfg.joint_steps, anchor=delta.clone(),
+                                      anchor_weight=cfg.anchor_weight, kl_ref=kl_ref, **opt)
+    else:
+        rows = [row for g in rows_of for fact_rows in rows_of[g] for row in fact_rows]
+        delta, info = optimize_values(lm, z, rows, kl, init, delta, cfg.v_steps, **opt)
+    values = init + delta
+    if cache is not None:
+        cache.put(key, values)
+    return values
+
+
+def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: TargetCache | None,
+              progress: bool = False) -> Delta:
+    by_subject: OrderedDict[str, list[EditRequest]] = OrderedDict()
+    for r in reqs:
+        by_subject.setdefault(r.subject, []).append(r)
+    values = rose_targets(lm, by_subject, cfg, cache)
+    subjects = list(by_subject)
+    krows = [row for g, s in enumerate(subjects) for row in key_rows(lm, s, g, cfg)]
+    owner = [r.group for r in krows]
+    value_rows = [_tagged(build_row(lm, [("subject", s)]), g) for g, s in enumerate(subjects)]
+    if cfg.iso:
+        def solve(layer, k, r):
+            return solvers.isotropic(k, r, cfg.iso_lambda)
+        average = False
+    else:
+        covs = second_moments(lm, cfg.layers, n_samples=cfg.mom2_n_samples, n_tokens=cfg.mom2_sample_tokens,
+                              seed=cfg.seed, progress=progress)
+
+        def solve(layer, k, r):
+            return solvers.covariance(k, r, covs[layer], cfg.mom2_update_weight)
+        average = True
+    name = "rose" if (cfg.iso and cfg.hier) else ("rose-no-iso" if not cfg.iso else "rose-no-hier")
+    return spread(lm, cfg.layers, krows, owner, value_rows, values, solve, name, average_keys=average,
+                  progress=progress)

@@ -1,0 +1,62 @@
+"""Spread a wanted change of the hidden state over several MLP layers (MEMIT's multi-layer insert).
+
+For each edited layer in turn: read the keys with the earlier layers already updated, take the
+remaining residual at the value layer, give this layer its share, solve, apply temporarily.
+The model's weights are restored before returning.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..arch import get_module, spec_for
+from ..model import LoadedModel
+from .delta import Delta
+from .hooks import keys_and_outputs
+from .tokens import Row
+
+# solve(layer, keys [d_in, n], resid [d_out, n]) -> (U, V)
+Solver = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def spread(lm: LoadedModel, layers: list[int], key_rows: list[Row], key_owner: list[int],
+           value_rows: list[Row], values: torch.Tensor, solve: Solver, method: str,
+           average_keys: bool, progress: bool = False) -> Delta:
+    """key_rows[j] gives a key for value key_owner[j]; value_rows[v] is where value v is measured.
+
+    values: [n_values, d_model], the wanted hidden state at the last layer's output.
+    average_keys: MEMIT's one key per value (mean over its contexts) instead of one per context.
+    """
+    model, spec = lm.model, spec_for(lm.model)
+    z_layer = layers[-1]
+    owner = torch.tensor(key_owner)
+    delta = Delta(method=method)
+    originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    try:
+        for i, layer in enumerate(tqdm(layers, desc=f"{method}: layers", disable=not progress)):
+            keys, _ = keys_and_outputs(lm, key_rows, [layer])
+            k = keys[layer]                                           # [n_keys, d_in]
+            _, cur = keys_and_outputs(lm, value_rows, [layer], out_layer=z_layer)
+            resid_v = (values - cur) / (len(layers) - i)              # [n_values, d_model]
+            if average_keys:
+                k = torch.stack([k[owner == v].mean(0) for v in range(len(values))])
+                resid = resid_v
+            else:
+                resid = resid_v[owner]
+            u, v = solve(layer, k.T, resid.T)
+            name = spec.mlp_out_weight(layer)
+            delta.factors[name] = (u, v)
+            w = get_module(model, spec.mlp_out_module(layer)).weight
+            upd = (u @ v.T)
+            upd = upd.T if spec.conv1d else upd
+            originals.append((w, w.detach().clone()))
+            with torch.no_grad():
+                w.add_(upd.to(w.device, w.dtype))
+    finally:
+        with torch.no_grad():  # restore bit-exactly
+            for w, orig in originals:
+                w.copy_(orig)
+    return delta
