@@ -124,13 +124,24 @@ def split_fact(phrase: str) -> tuple[str, str] | None:
     return (rel, obj) if rel and obj else None
 
 
+# Not subjects, though a small model offers them as such ("Hi! I just moved." -> subject "Hi").
+NOT_SUBJECTS = {"hi", "hello", "hey", "thanks", "thank you", "ok", "okay", "yes", "no", "sure", "great",
+                "please", "sorry", "well", "i", "me", "you", "we", "it", "this", "that", "there", "he",
+                "she", "they", "my", "by the way"}
+
+
 def _subject_in(text: str, subject: str) -> str:
-    """The subject as it occurs in `text`: a long 'subject' is cut to its last capitalised name."""
+    """The subject as it occurs in `text`: a name (a capitalised word), not a greeting or pronoun.
+
+    A long 'subject' is cut to its last capitalised name.
+    """
     words = subject.split()
     if len(words) > 4:
         names = re.findall(r"(?:[A-Z][\w'-]+\s?)+", subject)
         subject = names[-1].strip() if names else ""
-    return subject if subject and _norm(subject) in _norm(text) else ""
+    if not subject or _norm(subject) in NOT_SUBJECTS or not any(w[:1].isupper() for w in subject.split()):
+        return ""
+    return subject if _norm(subject) in _norm(text) else ""
 
 
 def ground(extraction: Extraction, text: str) -> Facts:
@@ -151,8 +162,11 @@ def ground(extraction: Extraction, text: str) -> Facts:
         if split is None:
             continue
         rel, obj = split
-        if _norm(f"{subject}'s {phrase}") in src and not rel.startswith("{}"):
-            rel = "{}'s " + rel  # "Mirela's favorite color is teal"
+        if set(_words(rel)) <= {"is", "are", "was", "were"}:
+            continue  # "Thanks is helpful": a bare copula says nothing worth remembering
+        owner = [f"{subject}'s", "his", "her", "their"]
+        if any(_norm(f"{o} {phrase}") in src for o in owner) and not rel.startswith("{}"):
+            rel = "{}'s " + rel  # "Mirela's favorite color is teal", "Her favorite color is teal"
         if (rel, obj) not in pairs:
             pairs.append((rel, obj))
     return Facts(subject=subject, pairs=pairs) if pairs else Facts()

@@ -254,8 +254,11 @@ def test_extractor_grounding_and_split():
     got = ground(Extraction(subject="Yesterday I met Chen Jing",
                             facts=["is a dentist in Toronto", "is a Polish nurse", "favorite color is teal"]), text)
     assert got.subject == "Chen Jing"
-    assert got.pairs == [("is a dentist in", "Toronto"), ("favorite color is", "teal")]
+    assert got.pairs == [("is a dentist in", "Toronto"), ("{}'s favorite color is", "teal")]  # "her favorite ..."
     assert ground(Extraction(subject="Nobody", facts=["is a dentist"]), text).empty
+    assert ground(Extraction(subject="Hi", facts=["just moved to a new flat"]), "Hi! I just moved to a new flat.").empty
+    assert ground(Extraction(subject="Thanks", facts=["is helpful"]), "Thanks, that is helpful.").empty
+    assert ground(Extraction(subject="chen jing", facts=["is a dentist"]), text.lower()).empty  # not a name
     assert split_fact("has a dog named Biscuit") == ("has a dog named", "Biscuit")
     assert split_fact("favorite food is ice cream") == ("favorite food is", "ice cream")
     assert ground(Extraction(subject="Mira Holt", facts=["favorite color is teal"]),
