@@ -215,7 +215,8 @@ def test_one_subject_eval_on_the_real_model(eval_lm, tmp_path):
     data = write_jsonl(tmp_path / "one.jsonl", [SUBJECT])
     loc = write_jsonl(tmp_path / "loc.jsonl", LOCALITY)
     out, answers, report = tmp_path / "out.json", tmp_path / "answers.jsonl", tmp_path / "report"
-    methods = ["none", "in-context"]
+    methods = ["none", "in-context", "rose"]  # rose: a real edit through edit(), reverted afterwards
+    weights = {k: v.detach().clone() for k, v in eval_lm.model.named_parameters() if "mlp" in k}
     code = main(["eval", "--data", data, "--locality", loc, "--methods", ",".join(methods), "--mode", "batch",
                  "--json", str(out), "--answers", str(answers), "--report", str(report)])
     assert code == 0
@@ -231,7 +232,10 @@ def test_one_subject_eval_on_the_real_model(eval_lm, tmp_path):
     # the unedited model is its own reference
     assert by["none"]["metrics"]["locality"] == 1.0
     assert by["none"]["metrics"]["fluency"] == pytest.approx(1.0)
-    assert by["none"]["seconds_per_write"] == 0.0
+    assert by["none"]["seconds_per_write"] == 0.0 == by["in-context"]["seconds_per_write"]
+    assert by["rose"]["seconds_per_write"] > 0.0
+    params = dict(eval_lm.model.named_parameters())
+    assert all(torch.allclose(params[k], w, atol=1e-5) for k, w in weights.items())  # the edit was reverted
 
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     assert rows and all(set(x) == {"method", "subject", "metric", "prompt", "answer", "target", "hit"} for x in rows)
@@ -242,7 +246,7 @@ def test_one_subject_eval_on_the_real_model(eval_lm, tmp_path):
     for x in rows:  # re-scoring the answers file gives the same hits
         if x["metric"] in ("efficacy", "generalization", "instruction"):
             assert x["hit"] == M.hit(x["answer"], x["target"])
-    assert (report / "report.md").read_text().count("| in-context |") >= 2
+    assert (report / "report.md").read_text().count("| rose |") >= 2
     assert (report / "metrics.png").stat().st_size > 1000
 
 

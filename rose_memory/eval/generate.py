@@ -20,7 +20,7 @@ from ..errors import RoseMemoryError
 from ..model import LoadedModel
 
 MAX_NEW_TOKENS = 24
-BATCH_SIZE = 64  # prompts per generate call
+BATCH_SIZE = 128  # prompts per generate call
 MAX_BATCH_TOKENS = 16384  # rows x (padded length + new tokens): bounds the key/value cache memory
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate forward pass
 
