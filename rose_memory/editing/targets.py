@@ -155,6 +155,7 @@ def optimize_values(
     anchor: torch.Tensor | None = None,
     anchor_weight: float = 0.0,
     kl_ref: torch.Tensor | None = None,
+    batched: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """Optimise deltas [n_values, d] (row.group = value index), starting from `start`.
 
@@ -164,7 +165,8 @@ def optimize_values(
     model, tok = lm.model, lm.tokenizer
     head = model.get_output_embeddings()
     base = getattr(model, model.base_model_prefix)
-    buckets = [_prepare(lm, b, rows, kl_rows) for b in _buckets(rows, kl_rows)]
+    groups = _buckets(rows, kl_rows) if batched else [[i] for i in range(len(rows) + len(kl_rows))]
+    buckets = [_prepare(lm, b, rows, kl_rows) for b in groups]
     weights = torch.tensor([r.weight for r in rows])
     init = init.float()
     scale = init.norm(dim=-1)                                   # [n_values]

@@ -1,0 +1,90 @@
+"""Seconds per same-subject write (3 facts) and peak memory, per editing method, on one model.
+
+    python benchmarks/speed.py [--methods rose,memit,alphaedit] [--model M] [--json OUT]
+
+Each method runs in a fresh subprocess so its peak memory (max RSS, or CUDA peak allocation)
+is its own. RoSE is also timed with its target optimisation unbatched (one prompt per
+forward), and the batched / unbatched ratio is reported from the same run. The covariance
+statistics MEMIT and AlphaEdit need are computed (and cached on disk) before timing starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+
+FACTS = [
+    {"subject": "Larkspur Quennell", "prompt": "{} lives in the city of", "target": "Lisbon"},
+    {"subject": "Larkspur Quennell", "prompt": "{} works as a", "target": "dentist"},
+    {"subject": "Larkspur Quennell", "prompt": "{}'s favorite color is", "target": "green"},
+]
+
+
+def _one(model: str | None, method: str, overrides: dict, out) -> None:
+    import torch
+
+    from rose_memory.editing import edit
+    from rose_memory.model import load_model
+
+    lm = load_model(model)
+    if method in ("memit", "alphaedit", "rose-no-iso"):
+        from rose_memory.editing import config_for
+        from rose_memory.editing.stats import second_moments
+
+        cfg = config_for(lm.model)
+        second_moments(lm, cfg.layers, n_samples=cfg.mom2_n_samples, n_tokens=cfg.mom2_sample_tokens, seed=cfg.seed)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    delta = edit(lm, FACTS, method=method, config=overrides or None)
+    secs = time.perf_counter() - t
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out.put({"method": method, "overrides": overrides, "seconds_per_write": round(secs, 2),
+             "peak_mb": round(peak, 1), "peak_kind": "cuda_allocated" if torch.cuda.is_available() else "max_rss",
+             "rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1),
+             "rank": {k.split(".")[2]: int(u.shape[1]) for k, (u, _) in delta.factors.items()}})
+
+
+def run(model: str | None, method: str, overrides: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_one, args=(model, method, overrides, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="rose,memit,alphaedit")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--no-unbatched", action="store_true", help="skip the unbatched RoSE run")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    results = []
+    for m in args.methods.split(","):
+        results.append(run(args.model, m, {}))
+        print(json.dumps(results[-1]), flush=True)
+    report = {"model": args.model or "embedded:smollm2-135m-instruct", "facts": len(FACTS), "results": results}
+    if not args.no_unbatched and "rose" in args.methods.split(","):
+        unb = run(args.model, "rose", {"batched": False})
+        print(json.dumps(unb), flush=True)
+        results.append(unb)
+        b = next(r for r in results if r["method"] == "rose" and not r["overrides"])
+        report["rose_batched_over_unbatched_time"] = round(b["seconds_per_write"] / unb["seconds_per_write"], 3)
+        print("rose batched/unbatched time ratio:", report["rose_batched_over_unbatched_time"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
