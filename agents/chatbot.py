@@ -176,6 +176,8 @@ class ChatSession:
     def send(self, text: str) -> Turn:
         """One user message: a /command, or an agent turn (plus the extractor when nothing was written)."""
         text = text.strip()
+        if not text:
+            return Turn(user=text, reply="", errors=["empty message"])
         if text.startswith("/"):
             return self.command(text)
         past = self.window_messages()
@@ -190,6 +192,8 @@ class ChatSession:
     async def asend(self, text: str) -> Turn:
         """`send` for asyncio programs: model calls and writes run off the event loop."""
         text = text.strip()
+        if not text:
+            return Turn(user=text, reply="", errors=["empty message"])
         if text.startswith("/"):
             return await asyncio.to_thread(self.command, text)
         past = self.window_messages()
