@@ -134,11 +134,6 @@ def test_delta_on_layer0_mlp_out_applies_and_reverts(family):
     assert torch.allclose(logits(model), before, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    reason="Delta stores bf16 `w_after - w_before` and subtracts it in bf16, which rounds (~1e-4 off); "
-    "computing `added` and the subtraction in float32 (w.float() - added, cast back) is exact",
-    strict=False,
-)
 def test_delta_reverts_exactly_in_bfloat16():
     model = tiny_model("llama").to(torch.bfloat16)
     spec = spec_for(model)

@@ -52,9 +52,10 @@ class Delta:
                     w.add_(upd.to(w.device))
                     self._applied[name] = None
                 else:
-                    before = w.detach().clone()
+                    before = w.detach().float()
                     w.add_(upd.to(w.device, w.dtype))
-                    self._applied[name] = (w.detach() - before).to("cpu")
+                    # What really changed, in float32 (exact for bf16/fp16 values), for revert.
+                    self._applied[name] = (w.detach().float() - before).to("cpu")
         return self
 
     def revert(self, model: torch.nn.Module) -> "Delta":
@@ -68,7 +69,7 @@ class Delta:
                     upd = self.matrix(name)
                     w.sub_((upd if upd.shape == w.shape else upd.T).to(w.device))
                 else:
-                    w.sub_(added.to(w.device, w.dtype))
+                    w.copy_((w.float() - added.to(w.device)).to(w.dtype))
         self._applied = {}
         return self
 
