@@ -33,10 +33,9 @@ def _one(model: str | None, method: str, overrides: dict, out) -> None:
     lm = load_model(model)
     if method in ("memit", "alphaedit", "rose-no-iso"):
         from rose_memory.editing import config_for
-        from rose_memory.editing.stats import second_moments
+        from rose_memory.editing.stats import moments_for
 
-        cfg = config_for(lm.model)
-        second_moments(lm, cfg.layers, n_samples=cfg.mom2_n_samples, n_tokens=cfg.mom2_sample_tokens, seed=cfg.seed)
+        moments_for(lm, config_for(lm.model))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

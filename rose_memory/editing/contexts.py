@@ -24,7 +24,6 @@ def generic_prefixes(lm: LoadedModel, n: int, n_tokens: int, seed: int = 0) -> l
         tok, model = lm.tokenizer, lm.model
         starts = ["The", "Therefore", "Because", "I", "You"]
         starts = [starts[i % len(starts)] for i in range(n)]
-        gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         old_side = tok.padding_side
         tok.padding_side = "left"
@@ -33,7 +32,6 @@ def generic_prefixes(lm: LoadedModel, n: int, n_tokens: int, seed: int = 0) -> l
         with torch.no_grad():
             out = model.generate(**enc, do_sample=True, top_k=5, max_new_tokens=n_tokens,
                                  pad_token_id=tok.pad_token_id)
-        del gen
         texts = tok.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
         _generic_cache[key] = [
             (s + " " + t).replace("{", " ").replace("}", " ").replace("\n", " ").strip() + ". "

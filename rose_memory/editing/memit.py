@@ -17,8 +17,8 @@ from .config import EditConfig
 from .contexts import generic_prefixes
 from .delta import Delta
 from .hooks import keys_and_outputs
-from .spread import spread
-from .stats import second_moments
+from .spread import mean_by_owner, spread
+from .stats import moments_for
 from .targets import TargetCache, optimize_values
 from .tokens import Row, build_row, split_prompt
 
@@ -78,8 +78,7 @@ def _key_rows(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig) -> tupl
 def edit_memit(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: TargetCache | None,
                progress: bool = False) -> Delta:
     values = memit_targets(lm, reqs, cfg, cache, progress)
-    covs = second_moments(lm, cfg.layers, n_samples=cfg.mom2_n_samples, n_tokens=cfg.mom2_sample_tokens,
-                          seed=cfg.seed, progress=progress)
+    covs = moments_for(lm, cfg, progress)
     key_rows, owner = _key_rows(lm, reqs, cfg)
     value_rows = [_row(lm, "", r, i, False) for i, r in enumerate(reqs)]
 
@@ -93,8 +92,7 @@ def edit_memit(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache:
 def edit_alphaedit(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: TargetCache | None,
                    progress: bool = False) -> Delta:
     values = memit_targets(lm, reqs, cfg, cache, progress)
-    covs = second_moments(lm, cfg.layers, n_samples=cfg.mom2_n_samples, n_tokens=cfg.mom2_sample_tokens,
-                          seed=cfg.seed, progress=progress)
+    covs = moments_for(lm, cfg, progress)
     projs = {l: solvers.nullspace_projector(c, cfg.nullspace_threshold) for l, c in covs.items()}
     key_rows, owner = _key_rows(lm, reqs, cfg)
     value_rows = [_row(lm, "", r, i, False) for i, r in enumerate(reqs)]
@@ -109,6 +107,6 @@ def edit_alphaedit(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, ca
         # AlphaEdit keeps the keys of past edits (cache_c) so later edits leave them alone.
         keys, _ = keys_and_outputs(lm, key_rows, cfg.layers)
         for layer, k in keys.items():
-            km = torch.stack([k[torch.tensor(owner) == v].mean(0) for v in range(len(reqs))])
+            km = mean_by_owner(k, torch.tensor(owner), len(reqs))
             prev[layer] = prev.get(layer, 0) + km.T @ km
     return delta

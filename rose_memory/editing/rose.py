@@ -23,7 +23,7 @@ from .contexts import USER_OPENERS, chat_prefix, chat_text, generic_prefixes
 from .delta import Delta
 from .hooks import keys_and_outputs
 from .spread import spread
-from .stats import second_moments
+from .stats import moments_for
 from .targets import TargetCache, optimize_values
 from .tokens import Row, build_row, split_prompt
 
@@ -123,8 +123,7 @@ def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: 
             return solvers.isotropic(k, r, cfg.iso_lambda)
         average = False
     else:
-        covs = second_moments(lm, cfg.layers, n_samples=cfg.mom2_n_samples, n_tokens=cfg.mom2_sample_tokens,
-                              seed=cfg.seed, progress=progress)
+        covs = moments_for(lm, cfg, progress)
 
         def solve(layer, k, r):
             return solvers.covariance(k, r, covs[layer], cfg.mom2_update_weight)

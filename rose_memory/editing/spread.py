@@ -22,6 +22,11 @@ from .tokens import Row
 Solver = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def mean_by_owner(keys: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """One key per value: the mean of its rows' keys, [n, d_in] (MEMIT's compute_ks)."""
+    return torch.stack([keys[owner == v].mean(0) for v in range(n)])
+
+
 def spread(lm: LoadedModel, layers: list[int], key_rows: list[Row], key_owner: list[int],
            value_rows: list[Row], values: torch.Tensor, solve: Solver, method: str,
            average_keys: bool, progress: bool = False) -> Delta:
@@ -42,7 +47,7 @@ def spread(lm: LoadedModel, layers: list[int], key_rows: list[Row], key_owner: l
             _, cur = keys_and_outputs(lm, value_rows, [layer], out_layer=z_layer)
             resid_v = (values - cur) / (len(layers) - i)              # [n_values, d_model]
             if average_keys:
-                k = torch.stack([k[owner == v].mean(0) for v in range(len(values))])
+                k = mean_by_owner(k, owner, len(values))
                 resid = resid_v
             else:
                 resid = resid_v[owner]

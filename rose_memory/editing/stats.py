@@ -121,3 +121,9 @@ def second_moments(lm: LoadedModel, layers: list[int], corpus: str | None = None
         os.replace(tmp, path)
         out[l] = _memory[keys[l]] = mom
     return out
+
+
+def moments_for(lm: LoadedModel, cfg, progress: bool = False) -> dict[int, torch.Tensor]:
+    """second_moments() for the layers and sample sizes of an EditConfig."""
+    return second_moments(lm, cfg.layers, n_samples=cfg.mom2_n_samples, n_tokens=cfg.mom2_sample_tokens,
+                          seed=cfg.seed, progress=progress)

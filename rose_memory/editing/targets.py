@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..arch import spec_for
 from ..model import LoadedModel
 from .hooks import add_at_block
 from .tokens import Row
@@ -162,7 +161,7 @@ def optimize_values(
     `init` [n_values, d] is the unedited hidden state, used for the norm scale and the clamp.
     Returns (deltas, info with per-step losses and the final per-row target probabilities).
     """
-    model, tok = lm.model, lm.tokenizer
+    model = lm.model
     head = model.get_output_embeddings()
     base = getattr(model, model.base_model_prefix)
     groups = _buckets(rows, kl_rows) if batched else [[i] for i in range(len(rows) + len(kl_rows))]
