@@ -18,12 +18,15 @@ class EditConfig(BaseModel):
     v_weight_decay: float = 0.5
     kl_factor: float = 0.0625
     batched: bool = True             # all rows of a write in padded batches (False: one row per forward)
+    upper_only: bool = True          # each step recomputes only the blocks above the value layer
     stop_prob: float = 0.9           # stop when every row's target probability reaches this
     n_generic_contexts: int = 5      # MEMIT: five model-sampled prefixes of 10 tokens, plus "{}"
     generic_context_tokens: int = 10
     # RoSE: Isotropic Geometric Alignment.
     iso: bool = True
     iso_lambda: float = 0.1          # ridge, relative to the mean squared key norm
+    iso_protect: float = 0.8         # share of generic key energy whose directions the update avoids
+    keep_weight: float = 1.0         # weight of "leave these keys alone" rows (name, chat template)
     chat_contexts: bool = True       # align keys and targets inside the chat template too
     # RoSE: Hierarchical Knowledge Integration.
     hier: bool = True

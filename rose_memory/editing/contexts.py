@@ -12,7 +12,10 @@ from ..model import LoadedModel
 
 # Generic user-turn openers: the words a user question often puts before a name. They are
 # not tied to any relation; the chat-template prefixes put the subject where questions put it.
-USER_OPENERS = ("", "Tell me about ", "What do you know about ", "Where does ", "What is ", "Which ")
+USER_OPENERS = ("", "Tell me about ", "What do you know about ", "Where does ", "What is ", "Which ",
+                "What does ", "How does ", "Who is ", "Tell me ", "In which ", "Can you tell me about ")
+# Open requests about a subject; the assistant's reply restates a fact in the edit's own words.
+OPEN_REQUESTS = ("Tell me about {}.", "What do you know about {}?")
 
 _generic_cache: dict[tuple, list[str]] = {}
 

@@ -70,3 +70,24 @@ def keys_and_outputs(lm: LoadedModel, rows: list[Row], layers: list[int], out_la
             for h in handles:
                 h.remove()
     return {l: torch.cat(v) for l, v in keys.items()}, (torch.cat(outs) if outs else None)
+
+
+def keys_at_lookups(lm: LoadedModel, rows: list[Row], layers: list[int]) -> dict[int, torch.Tensor]:
+    """Keys at EVERY lookup position of each row (not only the last): {layer: [n_lookups, d_in]}."""
+    model, spec = lm.model, spec_for(lm.model)
+    keys: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    r_idx = torch.tensor([i for i, r in enumerate(rows) for _ in r.lookups])
+    p_idx = torch.tensor([p for r in rows for p in r.lookups])
+    handles = []
+    for l in layers:
+        def pre(_m, args, l=l):
+            keys[l].append(args[0][r_idx, p_idx].detach().float().cpu())
+        handles.append(get_module(model, spec.mlp_out_module(l)).register_forward_pre_hook(pre))
+    ids, mask = batch(rows, lm.tokenizer.pad_token_id, lm.device)
+    try:
+        with torch.no_grad():
+            getattr(model, model.base_model_prefix)(input_ids=ids, attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return {l: torch.cat(v) for l, v in keys.items()}

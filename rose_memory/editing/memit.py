@@ -55,7 +55,7 @@ def memit_targets(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cac
         kl = [_row(lm, "", EditRequest(subject=r.subject, prompt="{} is a", target="x"), 0, False)]
         d, _ = optimize_values(lm, z_layer, rows, kl, init[i:i + 1], torch.zeros_like(init[i:i + 1]),
                                cfg.v_steps, cfg.v_lr, cfg.clamp_norm_factor, cfg.v_weight_decay,
-                               cfg.kl_factor, stop_prob=0.95, batched=cfg.batched)
+                               cfg.kl_factor, stop_prob=0.95, batched=cfg.batched, upper_only=cfg.upper_only)
         values.append(init[i] + d[0])
     out = torch.stack(values)
     if cache is not None:

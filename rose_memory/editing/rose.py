@@ -19,7 +19,7 @@ from ..facts import EditRequest
 from ..model import LoadedModel
 from . import solvers
 from .config import EditConfig
-from .contexts import USER_OPENERS, chat_prefix, chat_text, generic_prefixes
+from .contexts import OPEN_REQUESTS, USER_OPENERS, chat_prefix, chat_text, generic_prefixes
 from .delta import Delta
 from .hooks import keys_and_outputs
 from .spread import spread
@@ -44,10 +44,11 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
     if cfg.chat_contexts:
         # The user names the subject; the assistant restates the fact (the restated name is
         # scored too, so the edit keeps it intact).
-        head = chat_text(lm, f"Tell me about {s}.")
-        i = head.rindex(s)
-        rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):] + before),
-                                   ("subject_scored", s), ("text", after), ("scored", " " + t)]))
+        for ask in OPEN_REQUESTS:
+            head = chat_text(lm, ask.format(s))
+            i = head.rindex(s)
+            rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):] + before),
+                                       ("subject_scored", s), ("text", after), ("scored", " " + t)]))
         # The user asks with the relation's own words; the assistant answers with the object first.
         head = chat_text(lm, f"{before}{s}{after}?".strip())
         i = head.rindex(s)
@@ -62,6 +63,19 @@ def key_rows(lm: LoadedModel, subject: str, group: int, cfg: EditConfig) -> list
         ctxs += [chat_prefix(lm, o) for o in USER_OPENERS]
         ctxs.append(chat_text(lm, f"Tell me about {subject}.", ""))
     return [_tagged(build_row(lm, [("text", c), ("subject", subject)]), group) for c in ctxs]
+
+
+def keep_rows(lm: LoadedModel, subject: str) -> list[Row]:
+    """Tokens whose keys the update must leave alone: the subject's other tokens (so the name is
+    not garbled when restated) and a chat question's template and words (present in every question)."""
+    start = len(build_row(lm, []).ids)   # after a BOS, if the tokenizer adds one
+    plain = build_row(lm, [("subject", subject)])
+    head = chat_text(lm, f"Tell me about {subject}.")
+    i = head.rindex(subject)
+    chat = build_row(lm, [("text", head[:i]), ("subject", subject), ("text", head[i + len(subject):])])
+    rows = [Row(ids=plain.ids, lookups=list(range(start, plain.lookups[-1]))),
+            Row(ids=chat.ids, lookups=[p for p in range(start, len(chat.ids)) if p != chat.lookups[-1]])]
+    return [r for r in rows if r.lookups]
 
 
 def _kl_row(lm, subject: str, group: int) -> Row:
@@ -84,7 +98,7 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
     kl = [_kl_row(lm, s, g) for g, s in enumerate(subjects)]
     rows_of = {g: [target_rows(lm, r, g, cfg) for r in by_subject[s]] for g, s in enumerate(subjects)}
     opt = dict(lr=cfg.rose_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
-               kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob, batched=cfg.batched)
+               kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob, batched=cfg.batched, upper_only=cfg.upper_only)
     delta = torch.zeros_like(init)
     kl_ref = None
     if cfg.hier:
@@ -119,8 +133,12 @@ def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: 
     owner = [r.group for r in krows]
     value_rows = [_tagged(build_row(lm, [("subject", s)]), g) for g, s in enumerate(subjects)]
     if cfg.iso:
+        protect = {}
+        if cfg.iso_protect > 0:
+            protect = {l: solvers.protect_projector(c, cfg.iso_protect) for l, c in moments_for(lm, cfg, progress).items()}
+
         def solve(layer, k, r):
-            return solvers.isotropic(k, r, cfg.iso_lambda)
+            return solvers.isotropic(k, r, cfg.iso_lambda, protect.get(layer))
         average = False
     else:
         covs = moments_for(lm, cfg, progress)
@@ -129,5 +147,6 @@ def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: 
             return solvers.covariance(k, r, covs[layer], cfg.mom2_update_weight)
         average = True
     name = "rose" if (cfg.iso and cfg.hier) else ("rose-no-iso" if not cfg.iso else "rose-no-hier")
+    keep = [r for s in subjects for r in keep_rows(lm, s)] if (cfg.iso and cfg.keep_weight > 0) else []
     return spread(lm, cfg.layers, krows, owner, value_rows, values, solve, name, average_keys=average,
-                  progress=progress)
+                  progress=progress, keep_rows=keep, keep_weight=cfg.keep_weight)

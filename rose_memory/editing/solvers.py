@@ -9,16 +9,34 @@ from __future__ import annotations
 import torch
 
 
-def isotropic(keys: torch.Tensor, resid: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def isotropic(keys: torch.Tensor, resid: torch.Tensor, lam: float,
+              protect: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RoSE's Isotropic Geometric Alignment: the minimum-norm dW with dW K ~= R (C -> lam I).
 
-    dW = R (K^T K + lam' I)^-1 K^T, lam' = lam * mean squared key norm (scale-free ridge).
+    dW = R (K^T P K + lam' I)^-1 K^T P, lam' = lam * mean squared (projected) key norm. P projects
+    out the few directions every token's key shares (`protect_projector`); without it, P = I.
     """
     k, r = keys.double(), resid.double()
-    gram = k.T @ k
+    pk = k if protect is None else protect.double() @ k          # [d_in, n]
+    gram = k.T @ pk
     ridge = lam * gram.diagonal().mean()
-    v = k @ torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), torch.eye(gram.shape[0], dtype=gram.dtype))
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    v = pk @ torch.linalg.solve(gram + ridge * eye, eye)
     return r.float(), v.float()
+
+
+def protect_projector(cov: torch.Tensor, energy: float) -> torch.Tensor:
+    """I - U U^T over the top eigenvectors of C carrying `energy` of its trace: [d_in, d_in].
+
+    Generic text's keys share a few dominant directions (their mean above all); an isotropic
+    update that uses them fires on every token. Projecting them out keeps the solve isotropic
+    in the rest of the key space.
+    """
+    evals, evecs = torch.linalg.eigh(cov.double())
+    evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
+    r = int((evals.cumsum(0) / evals.sum() < energy).sum()) + 1
+    top = evecs[:, :r]
+    return (torch.eye(cov.shape[0], dtype=torch.float64) - top @ top.T).float()
 
 
 def covariance(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..arch import get_module, spec_for
 from ..model import LoadedModel
 from .delta import Delta
-from .hooks import keys_and_outputs
+from .hooks import keys_and_outputs, keys_at_lookups
 from .tokens import Row
 
 # solve(layer, keys [d_in, n], resid [d_out, n]) -> (U, V)
@@ -29,9 +29,12 @@ def mean_by_owner(keys: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tens
 
 def spread(lm: LoadedModel, layers: list[int], key_rows: list[Row], key_owner: list[int],
            value_rows: list[Row], values: torch.Tensor, solve: Solver, method: str,
-           average_keys: bool, progress: bool = False) -> Delta:
+           average_keys: bool, progress: bool = False, keep_rows: list[Row] = (),
+           keep_weight: float = 1.0) -> Delta:
     """key_rows[j] gives a key for value key_owner[j]; value_rows[v] is where value v is measured.
 
+    keep_rows: every lookup of these rows is a key whose output must NOT change (residual 0,
+    weighted by keep_weight in the least squares); only for per-context solves.
     values: [n_values, d_model], the wanted hidden state at the last layer's output.
     average_keys: MEMIT's one key per value (mean over its contexts) instead of one per context.
     """
@@ -51,7 +54,13 @@ def spread(lm: LoadedModel, layers: list[int], key_rows: list[Row], key_owner: l
                 resid = resid_v
             else:
                 resid = resid_v[owner]
+                if keep_rows:
+                    kept = keys_at_lookups(lm, list(keep_rows), [layer])[layer] * keep_weight ** 0.5
+                    k = torch.cat([k, kept])
+                    resid = torch.cat([resid, resid.new_zeros(len(kept), resid.shape[1])])
             u, v = solve(layer, k.T, resid.T)
+            used = u.abs().sum(0) > 0       # kept keys' columns of U are zero: drop them, dW is unchanged
+            u, v = u[:, used], v[:, used]
             name = spec.mlp_out_weight(layer)
             delta.factors[name] = (u, v)
             w = get_module(model, spec.mlp_out_module(layer)).weight

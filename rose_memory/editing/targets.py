@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..arch import get_module, spec_for
 from ..model import LoadedModel
-from .hooks import add_at_block
+from .hooks import _out_tensor, add_at_block
 from .tokens import Row
 
 
@@ -113,7 +114,7 @@ def _prepare(lm: LoadedModel, idx: list[int], rows: list[Row], kl_rows: list[Row
     kl = [(loc, i - n_main, all_rows[i].lookups[-1] - cut[loc]) for loc, i in enumerate(idx) if i >= n_main]
     sc_local = torch.tensor([a for a, _, _ in sc], dtype=torch.long)
     sc_pos = torch.tensor([c for _, _, c in sc], dtype=torch.long)
-    return {
+    b = {
         "cache": cache,
         "mask": torch.cat([pre_mask, suf_mask], 1) if has_prefix else suf_mask,
         "ids": suf_ids, "pos": suf_pos,
@@ -125,17 +126,87 @@ def _prepare(lm: LoadedModel, idx: list[int], rows: list[Row], kl_rows: list[Row
         "kl_which": torch.tensor([w for _, w, _ in kl], dtype=torch.long),
         "kl_pos": torch.tensor([c for _, _, c in kl], dtype=torch.long),
     }
+    return b
 
 
-def _suffix_hidden(base, model, layer: int, b: dict, delta: torch.Tensor) -> torch.Tensor:
-    """Final hidden states of a bucket's suffixes with the value deltas added at layer `layer`."""
+def _is_cache(x) -> bool:
+    return hasattr(x, "get_seq_length")
+
+
+def _capture_upper(lm: LoadedModel, layer: int, b: dict) -> None:
+    """Record what each block above `layer` is called with, so that a step replays only those blocks.
+
+    Nothing below the value layer depends on the value, so each step can start from the
+    recorded hidden state after block `layer`. The replay is compared once with the full
+    forward; if it differs (an architecture that does something between blocks), the bucket
+    keeps the full forward.
+    """
+    model = lm.model
+    spec = spec_for(model)
+    n = model.config.num_hidden_layers
+    calls: dict[int, tuple] = {}
+    handles = []
+    for i in range(layer + 1, n):
+        def pre(_m, args, kwargs, i=i):
+            calls[i] = (args[1:], dict(kwargs))
+        handles.append(get_module(model, spec.block(i)).register_forward_pre_hook(pre, with_kwargs=True))
+    h_z: list[torch.Tensor] = []
+    handles.append(get_module(model, spec.block(layer)).register_forward_hook(
+        lambda _m, _i, out: h_z.append(_out_tensor(out).detach())))
+    try:
+        with torch.no_grad():
+            full = _suffix_hidden_full(lm, b, None)
+    finally:
+        for h in handles:
+            h.remove()
+    if len(calls) != n - layer - 1 or len(h_z) != 1:
+        return
+    b["upper"] = {"calls": calls, "h": h_z[0], "norm": get_module(model, spec.final_norm),
+                  "block": {i: get_module(model, spec.block(i)) for i in calls}}
+    with torch.no_grad():
+        replay = _suffix_hidden_upper(b, layer, n, None)
+    mask = b["mask"][:, -b["ids"].shape[1]:].bool()          # real (unpadded) suffix tokens
+    if not torch.allclose(replay[mask], full[mask], atol=1e-4, rtol=1e-3):
+        del b["upper"]
+
+
+def _suffix_hidden_upper(b: dict, layer: int, n_layers: int, delta: torch.Tensor | None) -> torch.Tensor:
+    up = b["upper"]
+    h = up["h"]
+    if delta is not None and b["edits"]:
+        rows = torch.tensor([e[0] for e in b["edits"]])
+        cols = torch.tensor([e[1] for e in b["edits"]])
+        which = torch.tensor([e[2] for e in b["edits"]])
+        h = h.index_put((rows, cols), delta[which].to(h.dtype), accumulate=True)
+    cache = copy.deepcopy(b["cache"]) if b["cache"] is not None else None
+    for i in range(layer + 1, n_layers):
+        args, kwargs = up["calls"][i]
+        args = tuple(cache if _is_cache(a) else a for a in args)
+        kwargs = {k: (cache if _is_cache(v) else v) for k, v in kwargs.items()}
+        h = _out_tensor(up["block"][i](h, *args, **kwargs))
+    return up["norm"](h)
+
+
+def _suffix_hidden_full(lm: LoadedModel, b: dict, delta: torch.Tensor | None, layer: int = 0) -> torch.Tensor:
+    """Final hidden states of a bucket's suffixes (full forward), value deltas added at block `layer`."""
+    model = lm.model
+    base = getattr(model, model.base_model_prefix)
     kwargs = {"attention_mask": b["mask"]}
     if b["cache"] is not None:
         # A fresh copy: the forward appends the suffix to the cache it is given.
         kwargs["past_key_values"] = copy.deepcopy(b["cache"])
+    if delta is None:
+        return base(input_ids=b["ids"], position_ids=b["pos"], use_cache=b["cache"] is not None,
+                    **kwargs).last_hidden_state
     with add_at_block(model, layer, b["edits"], delta):
         return base(input_ids=b["ids"], position_ids=b["pos"], use_cache=b["cache"] is not None,
                     **kwargs).last_hidden_state
+
+
+def _suffix_hidden(lm: LoadedModel, layer: int, b: dict, delta: torch.Tensor) -> torch.Tensor:
+    if "upper" in b:
+        return _suffix_hidden_upper(b, layer, lm.model.config.num_hidden_layers, delta)
+    return _suffix_hidden_full(lm, b, delta, layer)
 
 
 def optimize_values(
@@ -155,17 +226,19 @@ def optimize_values(
     anchor_weight: float = 0.0,
     kl_ref: torch.Tensor | None = None,
     batched: bool = True,
+    upper_only: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """Optimise deltas [n_values, d] (row.group = value index), starting from `start`.
 
     `init` [n_values, d] is the unedited hidden state, used for the norm scale and the clamp.
     Returns (deltas, info with per-step losses and the final per-row target probabilities).
     """
-    model = lm.model
-    head = model.get_output_embeddings()
-    base = getattr(model, model.base_model_prefix)
+    head = lm.model.get_output_embeddings()
     groups = _buckets(rows, kl_rows) if batched else [[i] for i in range(len(rows) + len(kl_rows))]
     buckets = [_prepare(lm, b, rows, kl_rows) for b in groups]
+    if upper_only:
+        for b in buckets:
+            _capture_upper(lm, layer, b)
     weights = torch.tensor([r.weight for r in rows])
     init = init.float()
     scale = init.norm(dim=-1)                                   # [n_values]
@@ -178,7 +251,7 @@ def optimize_values(
         nll_rows = torch.zeros(len(rows))
         kl_terms = []
         for b in buckets:
-            hidden = _suffix_hidden(base, model, layer, b, delta.to(lm.device))
+            hidden = _suffix_hidden(lm, layer, b, delta.to(lm.device))
             if len(b["sc_row"]):
                 logits = head(hidden[b["sc_local"], b["sc_pos"]]).float().cpu()
                 nll_rows = nll_rows + _row_nll(logits, b["sc_tgt"], b["sc_row"], len(rows))

@@ -1,0 +1,61 @@
+"""The closed-form solves and the pieces that feed them: hand-made tensors, then the real model."""
+
+import torch
+
+from rose_memory.editing import solvers
+from rose_memory.editing.config import config_for
+from rose_memory.editing.rose import _kl_row, keep_rows, target_rows
+from rose_memory.editing import targets
+from rose_memory.facts import EditRequest
+
+
+def test_isotropic_maps_keys_to_residuals():
+    torch.manual_seed(0)
+    k, r = torch.randn(40, 3), torch.randn(7, 3)
+    u, v = solvers.isotropic(k, r, lam=1e-6)
+    assert torch.allclose(u @ v.T @ k, r, atol=1e-3)
+
+
+def test_protected_directions_are_left_alone():
+    torch.manual_seed(0)
+    shared = torch.randn(40, 1)                       # one direction every generic key has
+    generic = shared @ torch.randn(1, 500) * 10 + 0.1 * torch.randn(40, 500)
+    cov = generic @ generic.T / 500
+    proj = solvers.protect_projector(cov, energy=0.5)
+    assert abs(float(torch.trace(proj)) - 39) < 1e-3   # exactly the dominant direction removed
+    removed = torch.eye(40) - proj                      # the protected direction, as a projector
+    cos = float((removed @ shared).norm() / shared.norm())
+    assert cos > 0.99                                   # it is the shared direction
+    k = torch.randn(40, 2) + shared
+    u, v = solvers.isotropic(k, torch.randn(7, 2), lam=1e-6, protect=proj)
+    dw = u @ v.T
+    assert float((dw @ removed).norm()) < 1e-4 * float(dw.norm())
+    plain_u, plain_v = solvers.isotropic(k, torch.randn(7, 2), lam=1e-6)
+    assert float((plain_u @ plain_v.T @ removed).norm()) > 1e-2 * float((plain_u @ plain_v.T).norm())
+
+
+def test_keep_rows_cover_the_name_and_the_chat_question_but_not_the_edit_position(lm):
+    rows = keep_rows(lm, "Larkspur Quennell")
+    tok = lm.tokenizer
+    plain, chat = rows
+    assert "".join(tok.convert_ids_to_tokens([plain.ids[i] for i in plain.lookups])).replace("Ġ", " ") == "Larkspur Qu" + "enn"
+    assert len(plain.ids) - 1 not in plain.lookups          # the subject's last token is edited, not kept
+    kept = tok.decode([chat.ids[i] for i in chat.lookups])
+    assert "Tell me about" in kept and "assistant" in kept
+
+
+def test_replaying_only_the_upper_blocks_equals_the_full_forward(lm):
+    cfg = config_for(lm.model)
+    req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
+    rows, kl = target_rows(lm, req, 0, cfg), [_kl_row(lm, req.subject, 0)]
+    layer = cfg.layers[-1]
+    delta = torch.randn(1, lm.model.config.hidden_size) * 3
+    for idx in targets._buckets(rows, kl):
+        b = targets._prepare(lm, idx, rows, kl)
+        targets._capture_upper(lm, layer, b)
+        assert "upper" in b, "the replay should be exact on the embedded llama model"
+        with torch.no_grad():
+            full = targets._suffix_hidden_full(lm, b, delta, layer)
+            upper = targets._suffix_hidden_upper(b, layer, lm.model.config.num_hidden_layers, delta)
+        real = b["mask"][:, -b["ids"].shape[1]:].bool()
+        assert torch.allclose(full[real], upper[real], atol=1e-4)
