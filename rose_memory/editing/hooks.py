@@ -11,23 +11,26 @@ from ..model import LoadedModel
 from .tokens import Row, batch
 
 
-def _out_tensor(output):
+def out_tensor(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def add_at(h: torch.Tensor, positions: list[tuple[int, int, int]], vectors: torch.Tensor) -> torch.Tensor:
+    """h [n, T, d] with vectors[v] added at (row, pos) for each (row, pos, v) in positions."""
+    rows = torch.tensor([p[0] for p in positions])
+    cols = torch.tensor([p[1] for p in positions])
+    which = torch.tensor([p[2] for p in positions])
+    add = torch.zeros_like(h).index_put((rows, cols), vectors[which].to(h.dtype), accumulate=True)
+    return h + add
 
 
 @contextmanager
 def add_at_block(model, layer: int, positions: list[tuple[int, int, int]], vectors: torch.Tensor):
     """Add vectors[v] to block `layer`'s output hidden state at (row, position) for (row, pos, v)."""
     block = get_module(model, spec_for(model).block(layer))
-    rows = torch.tensor([p[0] for p in positions])
-    cols = torch.tensor([p[1] for p in positions])
-    which = torch.tensor([p[2] for p in positions])
 
     def hook(_m, _inp, output):
-        h = _out_tensor(output)
-        add = torch.zeros_like(h)
-        add = add.index_put((rows, cols), vectors[which].to(h.dtype), accumulate=True)
-        h2 = h + add
+        h2 = add_at(out_tensor(output), positions, vectors)
         return (h2,) + tuple(output[1:]) if isinstance(output, tuple) else h2
 
     handle = block.register_forward_hook(hook)
@@ -59,7 +62,7 @@ def keys_and_outputs(lm: LoadedModel, rows: list[Row], layers: list[int], out_la
             handles.append(mod.register_forward_pre_hook(pre))
         if out_layer is not None:
             def post(_m, _i, output):
-                outs.append(_out_tensor(output)[ar, idx].detach().float().cpu())
+                outs.append(out_tensor(output)[ar, idx].detach().float().cpu())
             handles.append(get_module(model, spec.block(out_layer)).register_forward_hook(post))
         ids, mask = batch(part, lm.tokenizer.pad_token_id, lm.device)
         try:

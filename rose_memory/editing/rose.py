@@ -23,7 +23,7 @@ from .contexts import OPEN_REQUESTS, USER_OPENERS, chat_prefix, chat_text, gener
 from .delta import Delta
 from .hooks import keys_and_outputs
 from .spread import spread
-from .stats import moments_for
+from .stats import moments_for, protectors_for
 from .targets import TargetCache, optimize_values
 from .tokens import Row, build_row, split_prompt
 
@@ -133,9 +133,7 @@ def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: 
     owner = [r.group for r in krows]
     value_rows = [_tagged(build_row(lm, [("subject", s)]), g) for g, s in enumerate(subjects)]
     if cfg.iso:
-        protect = {}
-        if cfg.iso_protect > 0:
-            protect = {l: solvers.protect_projector(c, cfg.iso_protect) for l, c in moments_for(lm, cfg, progress).items()}
+        protect = protectors_for(lm, cfg, progress) if cfg.iso_protect > 0 else {}
 
         def solve(layer, k, r):
             return solvers.isotropic(k, r, cfg.iso_lambda, protect.get(layer))

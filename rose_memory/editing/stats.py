@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..arch import get_module, spec_for
 from ..errors import RoseMemoryError
 from ..model import LoadedModel
+from .solvers import protect_projector
 
 _memory: dict[str, torch.Tensor] = {}
 
@@ -127,3 +128,15 @@ def moments_for(lm: LoadedModel, cfg, progress: bool = False) -> dict[int, torch
     """second_moments() for the layers and sample sizes of an EditConfig."""
     return second_moments(lm, cfg.layers, n_samples=cfg.mom2_n_samples, n_tokens=cfg.mom2_sample_tokens,
                           seed=cfg.seed, progress=progress)
+
+
+def protectors_for(lm: LoadedModel, cfg, progress: bool = False) -> dict[int, torch.Tensor]:
+    """RoSE's projectors off the shared key directions, per edited layer; computed once per
+    model, statistics and energy (an eigendecomposition per layer, ~0.4 s each on 2 cores)."""
+    out = {}
+    for layer, cov in moments_for(lm, cfg, progress).items():
+        key = f"protect|{lm.name}|{_corpus_id(None, cfg.mom2_n_samples, cfg.mom2_sample_tokens, cfg.seed)}|{layer}|{cfg.iso_protect}"
+        if key not in _memory:
+            _memory[key] = protect_projector(cov, cfg.iso_protect)
+        out[layer] = _memory[key]
+    return out

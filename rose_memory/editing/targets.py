@@ -8,6 +8,7 @@ one padded batch per step; logits are computed only at scored positions.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from ..arch import get_module, spec_for
 from ..model import LoadedModel
-from .hooks import _out_tensor, add_at_block
+from .hooks import add_at, add_at_block, out_tensor
 from .tokens import Row
 
 
@@ -114,7 +115,7 @@ def _prepare(lm: LoadedModel, idx: list[int], rows: list[Row], kl_rows: list[Row
     kl = [(loc, i - n_main, all_rows[i].lookups[-1] - cut[loc]) for loc, i in enumerate(idx) if i >= n_main]
     sc_local = torch.tensor([a for a, _, _ in sc], dtype=torch.long)
     sc_pos = torch.tensor([c for _, _, c in sc], dtype=torch.long)
-    b = {
+    return {
         "cache": cache,
         "mask": torch.cat([pre_mask, suf_mask], 1) if has_prefix else suf_mask,
         "ids": suf_ids, "pos": suf_pos,
@@ -126,7 +127,6 @@ def _prepare(lm: LoadedModel, idx: list[int], rows: list[Row], kl_rows: list[Row
         "kl_which": torch.tensor([w for _, w, _ in kl], dtype=torch.long),
         "kl_pos": torch.tensor([c for _, _, c in kl], dtype=torch.long),
     }
-    return b
 
 
 def _is_cache(x) -> bool:
@@ -152,7 +152,7 @@ def _capture_upper(lm: LoadedModel, layer: int, b: dict) -> None:
         handles.append(get_module(model, spec.block(i)).register_forward_pre_hook(pre, with_kwargs=True))
     h_z: list[torch.Tensor] = []
     handles.append(get_module(model, spec.block(layer)).register_forward_hook(
-        lambda _m, _i, out: h_z.append(_out_tensor(out).detach())))
+        lambda _m, _i, out: h_z.append(out_tensor(out).detach())))
     try:
         with torch.no_grad():
             full = _suffix_hidden_full(lm, b, None)
@@ -174,16 +174,13 @@ def _suffix_hidden_upper(b: dict, layer: int, n_layers: int, delta: torch.Tensor
     up = b["upper"]
     h = up["h"]
     if delta is not None and b["edits"]:
-        rows = torch.tensor([e[0] for e in b["edits"]])
-        cols = torch.tensor([e[1] for e in b["edits"]])
-        which = torch.tensor([e[2] for e in b["edits"]])
-        h = h.index_put((rows, cols), delta[which].to(h.dtype), accumulate=True)
+        h = add_at(h, b["edits"], delta)
     cache = copy.deepcopy(b["cache"]) if b["cache"] is not None else None
     for i in range(layer + 1, n_layers):
         args, kwargs = up["calls"][i]
         args = tuple(cache if _is_cache(a) else a for a in args)
         kwargs = {k: (cache if _is_cache(v) else v) for k, v in kwargs.items()}
-        h = _out_tensor(up["block"][i](h, *args, **kwargs))
+        h = out_tensor(up["block"][i](h, *args, **kwargs))
     return up["norm"](h)
 
 
@@ -195,10 +192,7 @@ def _suffix_hidden_full(lm: LoadedModel, b: dict, delta: torch.Tensor | None, la
     if b["cache"] is not None:
         # A fresh copy: the forward appends the suffix to the cache it is given.
         kwargs["past_key_values"] = copy.deepcopy(b["cache"])
-    if delta is None:
-        return base(input_ids=b["ids"], position_ids=b["pos"], use_cache=b["cache"] is not None,
-                    **kwargs).last_hidden_state
-    with add_at_block(model, layer, b["edits"], delta):
+    with add_at_block(model, layer, b["edits"], delta) if delta is not None else nullcontext():
         return base(input_ids=b["ids"], position_ids=b["pos"], use_cache=b["cache"] is not None,
                     **kwargs).last_hidden_state
 
