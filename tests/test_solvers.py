@@ -1,7 +1,9 @@
 """The closed-form solves and the pieces that feed them: hand-made tensors, then the real model."""
 
+import pytest
 import torch
 
+from rose_memory import RoseMemoryError
 from rose_memory.editing import solvers
 from rose_memory.editing.config import config_for
 from rose_memory.editing.rose import _kl_row, keep_rows, target_rows
@@ -59,3 +61,9 @@ def test_replaying_only_the_upper_blocks_equals_the_full_forward(lm):
             upper = targets._suffix_hidden_upper(b, layer, lm.model.config.num_hidden_layers, delta)
         real = b["mask"][:, -b["ids"].shape[1]:].bool()
         assert torch.allclose(full[real], upper[real], atol=1e-4)
+
+
+@pytest.mark.parametrize("override", [{"iso_protect": 1.0}, {"iso_protect": -0.1}, {"keep_weight": -1.0}])
+def test_out_of_range_rose_settings_are_the_projects_error(lm, override):
+    with pytest.raises(RoseMemoryError, match=next(iter(override))):
+        config_for(lm.model, override)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import RoseMemoryError
 
@@ -25,8 +25,8 @@ class EditConfig(BaseModel):
     # RoSE: Isotropic Geometric Alignment.
     iso: bool = True
     iso_lambda: float = 0.1          # ridge, relative to the mean squared key norm
-    iso_protect: float = 0.8         # share of generic key energy whose directions the update avoids
-    keep_weight: float = 1.0         # weight of "leave these keys alone" rows (name, chat template)
+    iso_protect: float = Field(0.8, ge=0.0, lt=1.0)  # share of generic key energy whose directions the update avoids
+    keep_weight: float = Field(1.0, ge=0.0)  # weight of "leave these keys alone" rows (name, chat template)
     chat_contexts: bool = True       # align keys and targets inside the chat template too
     # RoSE: Hierarchical Knowledge Integration.
     hier: bool = True
@@ -71,4 +71,7 @@ def config_for(model, overrides: dict | None = None) -> EditConfig:
         lo, hi = max(1, round(0.1 * n)), max(2, round(0.28 * n))
         data["layers"] = list(range(lo, hi + 1))
     data.update(overrides or {})
-    return EditConfig(**data).checked(n)
+    try:
+        return EditConfig(**data).checked(n)
+    except ValidationError as err:
+        raise RoseMemoryError(f"bad edit config: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
