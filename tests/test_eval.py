@@ -149,7 +149,7 @@ def test_unknown_method():
     assert parse_methods("none, in-context") == ["none", "in-context"]
 
 
-@pytest.mark.parametrize("case", ["missing", "malformed", "placeholder", "method", "outdir"])
+@pytest.mark.parametrize("case", ["missing", "malformed", "placeholder", "method", "outdir", "setting", "set_form"])
 def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, capsys, case):
     import rose_memory.model
     from rose_memory.cli import main
@@ -173,10 +173,25 @@ def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, c
         methods, expect = "none,memitt", "unknown method 'memitt'"
     elif case == "outdir":
         out, expect = str(tmp_path / "no" / "such" / "out.json"), "does not exist"
-    code = main(["eval", "--data", data, "--methods", methods, "--mode", "batch", "--json", out])
+    extra = []
+    if case == "setting":
+        extra, expect = ["--set", "stage_stepz=8"], "unknown editing setting(s) stage_stepz"
+    elif case == "set_form":
+        extra, expect = ["--set", "stage_steps"], "write KEY=VALUE"
+    code = main(["eval", "--data", data, "--methods", methods, "--mode", "batch", "--json", out, *extra])
     assert code == 2
     assert expect in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_settings_are_parsed_as_json():
+    from rose_memory.eval.cli import parse_settings
+
+    got = parse_settings(["stage_steps=8", "layers=[4, 5, 6]", "iso=false", "rose_lr=0.25"])
+    assert got == {"stage_steps": 8, "layers": [4, 5, 6], "iso": False, "rose_lr": 0.25}
+    assert parse_settings([]) == {}
+    with pytest.raises(RoseMemoryError, match="given twice"):
+        parse_settings(["stage_steps=8", "stage_steps=9"])
 
 
 # ---- the real model ------------------------------------------------------------------------
@@ -261,10 +276,12 @@ def fake_edit_factory(lm, calls):
 
     def fake_edit(lm_, requests, method="rose", config=None, progress=False, cache=None):
         calls.append([r.target for r in requests])
+        fake_edit.configs.append(config)
         gen = torch.Generator().manual_seed(len(calls))
         u, v = torch.randn(d_out, 1, generator=gen), torch.randn(d_in, 1, generator=gen)
         return Delta(factors={WEIGHT: (0.05 * u, 0.05 * v)}, method=method)
 
+    fake_edit.configs = []
     return fake_edit
 
 
@@ -277,10 +294,12 @@ def test_batch_writes_each_subject_from_the_clean_model(eval_lm, tmp_path):
     weight = dict(eval_lm.model.named_parameters())[WEIGHT]
     before = weight.detach().clone()
     calls: list = []
-    runner = Runner(eval_lm, subjects, locality, mode="batch", progress=False,
-                    edit_fn=fake_edit_factory(eval_lm, calls))
+    fake = fake_edit_factory(eval_lm, calls)
+    runner = Runner(eval_lm, subjects, locality, mode="batch", progress=False, edit_fn=fake,
+                    edit_config={"stage_steps": 3})
     result, plain = runner.run(["memit", "none"])  # any editing method name; the fake stands in for edit()
     assert calls == [["brown", "Warsaw"], ["parrot"]]  # all of a subject's facts in one call
+    assert fake.configs == [{"stage_steps": 3}] * 2     # --set overrides reach every write
     assert torch.allclose(weight.detach(), before, atol=1e-6)
     # locality: the locality file per subject plus the other subject's questions
     assert result.n_probes["locality"] == 2 * len(LOCALITY) + 3 + 1
@@ -309,11 +328,13 @@ def test_sequential_writes_one_fact_per_call_through_the_memory(eval_lm, tmp_pat
     weight = dict(eval_lm.model.named_parameters())[WEIGHT]
     before = weight.detach().clone()
     calls: list = []
-    monkeypatch.setattr(rose_memory.memory, "edit", fake_edit_factory(eval_lm, calls))
+    fake = fake_edit_factory(eval_lm, calls)
+    monkeypatch.setattr(rose_memory.memory, "edit", fake)
     runner = Runner(eval_lm, subjects, locality, mode="sequential", progress=False,
-                    memory_options={"verify": {"min_edit_recall": 0.0}})
+                    memory_options={"verify": {"min_edit_recall": 0.0}}, edit_config={"stage_steps": 3})
     result = runner.run(["rose"])[0]
     assert calls == [["brown"], ["Warsaw"], ["parrot"]]  # one fact per call, subject after subject
+    assert all(c["stage_steps"] == 3 for c in fake.configs)  # the memory writes with the --set overrides
     assert torch.allclose(weight.detach(), before, atol=1e-6)  # the memory gave the weights back
     # locality: the locality file after each subject, plus the second subject's question after the first
     assert result.n_probes["locality"] == 2 * len(LOCALITY) + 1

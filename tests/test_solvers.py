@@ -67,3 +67,31 @@ def test_replaying_only_the_upper_blocks_equals_the_full_forward(lm):
 def test_out_of_range_rose_settings_are_the_projects_error(lm, override):
     with pytest.raises(RoseMemoryError, match=next(iter(override))):
         config_for(lm.model, override)
+
+
+def test_keys_read_with_the_forward_cut_short_equal_the_full_forward(lm, monkeypatch):
+    import contextlib
+
+    from rose_memory.editing import hooks
+    from rose_memory.editing.tokens import build_row
+
+    rows = [build_row(lm, [("text", "Hello there, "), ("subject", "Larkspur Quennell")]),
+            build_row(lm, [("subject", "Ann Lee")])]
+    cut = hooks.keys_and_outputs(lm, rows, [3, 8], out_layer=8), hooks.keys_at_lookups(lm, rows, [5])
+    monkeypatch.setattr(hooks, "stop_after_block", lambda model, layer: contextlib.nullcontext())
+    full = hooks.keys_and_outputs(lm, rows, [3, 8], out_layer=8), hooks.keys_at_lookups(lm, rows, [5])
+    for layer in (3, 8):
+        assert torch.equal(cut[0][0][layer], full[0][0][layer])
+    assert torch.equal(cut[0][1], full[0][1]) and torch.equal(cut[1][5], full[1][5])
+
+
+def test_rows_make_the_subjects_other_objects_unlikely_where_the_object_is_due(lm):
+    cfg = config_for(lm.model, {"avoid_weight": 1.0})
+    req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
+    tok = lm.tokenizer
+    rows = target_rows(lm, req, 0, cfg, ["dentist", "green"])
+    for row in rows:
+        (pos, _), *_ = row.avoid
+        assert tok.decode(row.ids[pos + 1]).strip() == "L" or tok.decode(row.ids[pos + 1]) == " Lisbon"
+        bad = {tok.decode([t]).strip() for _, t in row.avoid}
+        assert bad and bad <= {"green", "dent", "dentist"} and all(p == pos for p, _ in row.avoid)

@@ -28,6 +28,7 @@ class EditConfig(BaseModel):
     iso_protect: float = Field(0.8, ge=0.0, lt=1.0)  # share of generic key energy whose directions the update avoids
     keep_weight: float = Field(1.0, ge=0.0)  # weight of "leave these keys alone" rows (name, chat template)
     chat_contexts: bool = True       # align keys and targets inside the chat template too
+    avoid_weight: float = Field(0.0, ge=0.0)  # unlikelihood of a subject's other objects where one object is due
     # RoSE: Hierarchical Knowledge Integration.
     hier: bool = True
     stage_steps: int = 12

@@ -24,6 +24,28 @@ def add_at(h: torch.Tensor, positions: list[tuple[int, int, int]], vectors: torc
     return h + add
 
 
+class _Stop(Exception):
+    """Raised by a hook once the last block a reading needs has run."""
+
+
+@contextmanager
+def stop_after_block(model, layer: int):
+    """Cut the forward pass after block `layer`: keys of early layers need none of the blocks above.
+
+    The forward inside the `with` ends there; the exception is swallowed at the block's end.
+    """
+    def hook(_m, _i, _o):
+        raise _Stop
+
+    handle = get_module(model, spec_for(model).block(layer)).register_forward_hook(hook)
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+
+
 @contextmanager
 def add_at_block(model, layer: int, positions: list[tuple[int, int, int]], vectors: torch.Tensor):
     """Add vectors[v] to block `layer`'s output hidden state at (row, position) for (row, pos, v)."""
@@ -66,7 +88,7 @@ def keys_and_outputs(lm: LoadedModel, rows: list[Row], layers: list[int], out_la
             handles.append(get_module(model, spec.block(out_layer)).register_forward_hook(post))
         ids, mask = batch(part, lm.tokenizer.pad_token_id, lm.device)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), stop_after_block(model, max([*layers, out_layer or 0])):
                 base = getattr(model, model.base_model_prefix, None)
                 (base if base is not None else model)(input_ids=ids, attention_mask=mask)
         finally:
@@ -88,7 +110,7 @@ def keys_at_lookups(lm: LoadedModel, rows: list[Row], layers: list[int]) -> dict
         handles.append(get_module(model, spec.mlp_out_module(l)).register_forward_pre_hook(pre))
     ids, mask = batch(rows, lm.tokenizer.pad_token_id, lm.device)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), stop_after_block(model, max(layers)):
             getattr(model, model.base_model_prefix)(input_ids=ids, attention_mask=mask)
     finally:
         for h in handles:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 
@@ -28,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", required=True, metavar="OUT", help="results JSON to write")
     p.add_argument("--report", metavar="DIR", help="write report.md and a bar chart PNG here")
     p.add_argument("--answers", metavar="FILE", help="write every probe as one JSON line here")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="override an editing setting (EditConfig field) for every editing method, e.g. "
+                   "--set stage_steps=8 --set layers=[4,5,6]; values are JSON (bare words are strings)")
     p.set_defaults(func=run_command)
 
 
@@ -46,7 +50,33 @@ def command_line(args: argparse.Namespace) -> str:
         value = getattr(args, flag, None)
         if value is not None:
             parts += [f"--{flag}", str(value)]
+    for item in getattr(args, "settings", None) or []:
+        parts += ["--set", item]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def parse_settings(items: list[str]) -> dict:
+    """['stage_steps=8', 'layers=[4,5]'] -> {'stage_steps': 8, 'layers': [4, 5]}."""
+    out: dict = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise RoseMemoryError(f"--set {item!r}: write KEY=VALUE, e.g. --set stage_steps=8")
+        if key in out:
+            raise RoseMemoryError(f"--set {key} given twice")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw.strip()
+    if out:
+        from ..editing.config import EditConfig
+
+        unknown = sorted(set(out) - set(EditConfig.model_fields))
+        if unknown:
+            raise RoseMemoryError(f"--set: unknown editing setting(s) {', '.join(unknown)}; "
+                                  f"known: {', '.join(EditConfig.model_fields)}")
+    return out
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -54,6 +84,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     # Everything the user gave is checked before the model is loaded or anything runs.
     methods = parse_methods(args.methods)
+    settings = parse_settings(getattr(args, "settings", None) or [])
     subjects = load_benchmark(args.data)
     locality = load_locality(args.locality) if args.locality else []
     if args.limit is not None:
@@ -77,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     lm = load_cached(args.model)
     runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=True,
-                    keep_records=bool(args.answers))
+                    keep_records=bool(args.answers), edit_config=settings)
     run = EvalRun(model=lm.name, data=args.data, mode=args.mode)
 
     def save(result) -> None:

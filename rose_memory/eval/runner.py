@@ -265,6 +265,7 @@ class Runner:
         batch_size: int = BATCH_SIZE,
         edit_fn: Callable | None = None,
         memory_options: dict | None = None,
+        edit_config: dict | None = None,
     ):
         if mode not in MODES:
             raise RoseMemoryError(f"unknown mode {mode!r}; use batch or sequential")
@@ -280,6 +281,13 @@ class Runner:
         self.keep_records = keep_records
         self.edit_fn = edit_fn or edit  # batch mode; sequential mode writes through ParametricMemory
         self.memory_options = dict(memory_options or {})  # e.g. verify=..., policy=... (sequential mode)
+        # EditConfig overrides for every editing method (e.g. {"stage_steps": 8}); checked now.
+        self.edit_config = dict(edit_config or {})
+        if self.edit_config:
+            from ..editing.config import config_for
+
+            config_for(lm.model, self.edit_config)
+            self.memory_options["edit_config"] = {**self.memory_options.get("edit_config", {}), **self.edit_config}
         self.answerer = Answerer(lm, batch_size=batch_size, progress=progress)
         self.target_cache = new_target_cache()
         self.ppl_before: float | None = None
@@ -326,7 +334,8 @@ class Runner:
     # ---- writing -------------------------------------------------------------------------
     def _write(self, method: str, requests: list) -> object:
         start = time.perf_counter()
-        delta = self.edit_fn(self.lm, requests, method=method, progress=False, cache=self.target_cache)
+        delta = self.edit_fn(self.lm, requests, method=method, progress=False, cache=self.target_cache,
+                             config=self.edit_config or None)
         delta.apply(self.lm.model)
         self._write_seconds += time.perf_counter() - start
         self._writes += 1
