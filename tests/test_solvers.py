@@ -85,13 +85,24 @@ def test_keys_read_with_the_forward_cut_short_equal_the_full_forward(lm, monkeyp
     assert torch.equal(cut[0][1], full[0][1]) and torch.equal(cut[1][5], full[1][5])
 
 
-def test_rows_make_the_subjects_other_objects_unlikely_where_the_object_is_due(lm):
-    cfg = config_for(lm.model, {"avoid_weight": 1.0})
-    req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
-    tok = lm.tokenizer
-    rows = target_rows(lm, req, 0, cfg, ["dentist", "green"])
-    for row in rows:
-        (pos, _), *_ = row.avoid
-        assert tok.decode(row.ids[pos + 1]).strip() == "L" or tok.decode(row.ids[pos + 1]) == " Lisbon"
-        bad = {tok.decode([t]).strip() for _, t in row.avoid}
-        assert bad and bad <= {"green", "dent", "dentist"} and all(p == pos for p, _ in row.avoid)
+def test_the_joint_refinement_reusing_the_last_stages_buckets_changes_nothing(lm, monkeypatch):
+    from collections import OrderedDict
+
+    import rose_memory.editing.rose as rose
+    from rose_memory.editing.rose import rose_targets
+    from rose_memory.facts import make_requests
+
+    cfg = config_for(lm.model, {"stage_steps": 2, "joint_steps": 2})
+    reqs = make_requests([{"subject": "Ann Lee", "prompt": "{} lives in", "target": "Oslo"},
+                          {"subject": "Ann Lee", "prompt": "{} works as a", "target": "nurse"}])
+    reused = rose_targets(lm, OrderedDict([("Ann Lee", reqs)]), cfg, None)
+    calls = []
+
+    def fresh(*args, **kwargs):
+        calls.append(kwargs["prepared"])
+        kwargs["prepared"] = None
+        return targets.optimize_values(*args, **kwargs)
+
+    monkeypatch.setattr(rose, "optimize_values", fresh)
+    assert torch.equal(rose_targets(lm, OrderedDict([("Ann Lee", reqs)]), cfg, None), reused)
+    assert len(calls) == 3 and calls[0] is calls[2]     # two stages and the joint step share one dict

@@ -28,12 +28,12 @@ class EditConfig(BaseModel):
     iso_protect: float = Field(0.8, ge=0.0, lt=1.0)  # share of generic key energy whose directions the update avoids
     keep_weight: float = Field(1.0, ge=0.0)  # weight of "leave these keys alone" rows (name, chat template)
     chat_contexts: bool = True       # align keys and targets inside the chat template too
-    avoid_weight: float = Field(0.0, ge=0.0)  # unlikelihood of a subject's other objects where one object is due
     # RoSE: Hierarchical Knowledge Integration.
     hier: bool = True
     stage_steps: int = 12
     anchor_weight: float = 1.0       # keeps each stage close to the previous one
     joint_steps: int = 15
+    flat_noise: float = Field(0.0, ge=0.0)  # value noise per step, relative to the hidden norm (flat minimum)
     # MEMIT covariance / AlphaEdit null space (statistics of the model's own sampled text).
     mom2_update_weight: float = 15000.0
     mom2_n_samples: int = 256

@@ -33,47 +33,26 @@ def _tagged(row: Row, group: int) -> Row:
     return row
 
 
-def _first(lm: LoadedModel, text: str) -> int:
-    return lm.tokenizer(text, add_special_tokens=False)["input_ids"][0]
-
-
-def _avoid(lm: LoadedModel, row: Row, target: str, others: list[str]) -> Row:
-    """Where the row's object starts, the subject's other objects are made unlikely (confusion)."""
-    n = len(lm.tokenizer(target, add_special_tokens=False)["input_ids"])
-    pos = row.scored[-n]
-    own = _first(lm, target)
-    bad = {_first(lm, v) for o in others for v in (" " + o.strip(), o.strip())} - {own}
-    row.avoid = [(pos, t) for t in sorted(bad)]
-    return row
-
-
-def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig,
-                others: list[str] = ()) -> list[Row]:
-    """Where the value must make the model say the target: raw text, and answers in the chat template.
-
-    `others`: the subject's other objects, made unlikely where this one is due (cfg.avoid_weight).
-    """
+def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) -> list[Row]:
+    """Where the value must make the model say the target: raw text, and answers in the chat template."""
     before, after = split_prompt(req.prompt)
     s, t = req.subject, req.target
     rows = []
     ctxs = [""] + generic_prefixes(lm, cfg.n_generic_contexts, cfg.generic_context_tokens, cfg.seed)[:2]
     for c in ctxs:
-        rows.append(_avoid(lm, build_row(lm, [("text", c + before), ("subject", s), ("text", after),
-                                              ("scored", " " + t)]), " " + t, others))
+        rows.append(build_row(lm, [("text", c + before), ("subject", s), ("text", after), ("scored", " " + t)]))
     if cfg.chat_contexts:
         # The user names the subject; the assistant restates the fact (the restated name is
         # scored too, so the edit keeps it intact).
         for ask in OPEN_REQUESTS:
             head = chat_text(lm, ask.format(s))
             i = head.rindex(s)
-            rows.append(_avoid(lm, build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):] + before),
-                                                  ("subject_scored", s), ("text", after), ("scored", " " + t)]),
-                               " " + t, others))
+            rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):] + before),
+                                       ("subject_scored", s), ("text", after), ("scored", " " + t)]))
         # The user asks with the relation's own words; the assistant answers with the object first.
         head = chat_text(lm, f"{before}{s}{after}?".strip())
         i = head.rindex(s)
-        rows.append(_avoid(lm, build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):]),
-                                              ("scored", t)]), t, others))
+        rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):]), ("scored", t)]))
     return [_tagged(r, group) for r in rows]
 
 
@@ -109,19 +88,19 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
     z = cfg.layers[-1]
     key = TargetCache.key("rose-z", lm.name, {s: [r.model_dump() for r in rs] for s, rs in by_subject.items()},
                           cfg.model_dump(include={"layers", "v_steps", "rose_lr", "clamp_norm_factor", "v_weight_decay",
-                                                  "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts", "avoid_weight",
-                                                  "hier", "stage_steps", "anchor_weight", "joint_steps", "seed"}))
+                                                  "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts",
+                                                  "hier", "stage_steps", "anchor_weight", "joint_steps", "seed", "flat_noise"}))
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     subjects = list(by_subject)
     plain = [_tagged(build_row(lm, [("subject", s)]), g) for g, s in enumerate(subjects)]
     _, init = keys_and_outputs(lm, plain, [z], out_layer=z)          # [n_subjects, d]
     kl = [_kl_row(lm, s, g) for g, s in enumerate(subjects)]
-    rows_of = {g: [target_rows(lm, r, g, cfg, [o.target for o in by_subject[s] if o is not r])
-                   for r in by_subject[s]] for g, s in enumerate(subjects)}
+    rows_of = {g: [target_rows(lm, r, g, cfg) for r in by_subject[s]] for g, s in enumerate(subjects)}
     opt = dict(lr=cfg.rose_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
                kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob, batched=cfg.batched, upper_only=cfg.upper_only,
-               avoid_weight=cfg.avoid_weight)
+               noise=cfg.flat_noise)
+    opt["prepared"] = {}   # the joint refinement reuses the last stage's buckets (same rows)
     delta = torch.zeros_like(init)
     kl_ref = None
     if cfg.hier:

@@ -113,10 +113,6 @@ def _prepare(lm: LoadedModel, idx: list[int], rows: list[Row], kl_rows: list[Row
     n_main = len(rows)
     sc = [(loc, i, p - cut[loc]) for loc, i in enumerate(idx) if i < n_main for p in all_rows[i].scored]
     kl = [(loc, i - n_main, all_rows[i].lookups[-1] - cut[loc]) for loc, i in enumerate(idx) if i >= n_main]
-    # Tokens to make unlikely (another fact's object where this row's object is due): index into sc.
-    where = {(loc, p): j for j, (loc, _, p) in enumerate(sc)}
-    av = [(where[(loc, p - cut[loc])], t) for loc, i in enumerate(idx) if i < n_main
-          for p, t in all_rows[i].avoid if (loc, p - cut[loc]) in where]
     sc_local = torch.tensor([a for a, _, _ in sc], dtype=torch.long)
     sc_pos = torch.tensor([c for _, _, c in sc], dtype=torch.long)
     return {
@@ -126,8 +122,6 @@ def _prepare(lm: LoadedModel, idx: list[int], rows: list[Row], kl_rows: list[Row
         "edits": [(loc, p - cut[loc], r.group) for loc, r in enumerate(part) for p in r.lookups],
         "sc_local": sc_local, "sc_pos": sc_pos,
         "sc_row": torch.tensor([i for _, i, _ in sc], dtype=torch.long),
-        "av_idx": torch.tensor([j for j, _ in av], dtype=torch.long),
-        "av_tok": torch.tensor([t for _, t in av], dtype=torch.long),
         "sc_tgt": suf_ids[sc_local, sc_pos + 1].cpu() if sc else torch.zeros(0, dtype=torch.long),
         "kl_local": torch.tensor([a for a, _, _ in kl], dtype=torch.long),
         "kl_which": torch.tensor([w for _, w, _ in kl], dtype=torch.long),
@@ -227,19 +221,29 @@ def optimize_values(
     kl_ref: torch.Tensor | None = None,
     batched: bool = True,
     upper_only: bool = True,
-    avoid_weight: float = 0.0,
+    noise: float = 0.0,
+    prepared: dict | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Optimise deltas [n_values, d] (row.group = value index), starting from `start`.
 
     `init` [n_values, d] is the unedited hidden state, used for the norm scale and the clamp.
     Returns (deltas, info with per-step losses and the final per-row target probabilities).
+    `prepared`: a dict the caller keeps between calls; a call with the very same row objects
+    reuses the buckets (prefix caches, recorded block inputs) of the previous call.
     """
     head = lm.model.get_output_embeddings()
-    groups = _buckets(rows, kl_rows) if batched else [[i] for i in range(len(rows) + len(kl_rows))]
-    buckets = [_prepare(lm, b, rows, kl_rows) for b in groups]
-    if upper_only:
-        for b in buckets:
-            _capture_upper(lm, layer, b)
+    # The same rows again (RoSE's joint refinement after its last stage): reuse their prepared buckets.
+    reuse_key = (layer, batched, upper_only, tuple(map(id, rows)), tuple(map(id, kl_rows)))
+    if prepared is not None and prepared.get("key") == reuse_key:
+        buckets = prepared["buckets"]
+    else:
+        groups = _buckets(rows, kl_rows) if batched else [[i] for i in range(len(rows) + len(kl_rows))]
+        buckets = [_prepare(lm, b, rows, kl_rows) for b in groups]
+        if upper_only:
+            for b in buckets:
+                _capture_upper(lm, layer, b)
+        if prepared is not None:
+            prepared.update(key=reuse_key, buckets=buckets)
     weights = torch.tensor([r.weight for r in rows])
     init = init.float()
     scale = init.norm(dim=-1)                                   # [n_values]
@@ -251,21 +255,18 @@ def optimize_values(
         opt.zero_grad()
         nll_rows = torch.zeros(len(rows))
         kl_terms = []
-        avoid_terms = []
+        used = delta
+        if noise > 0:  # a random nudge of the value each step: favours a flat minimum (prompt drift)
+            used = delta + noise * scale[:, None] * torch.randn_like(delta) / delta.shape[-1] ** 0.5
         for b in buckets:
-            hidden = _suffix_hidden(lm, layer, b, delta.to(lm.device))
+            hidden = _suffix_hidden(lm, layer, b, used.to(lm.device))
             if len(b["sc_row"]):
                 logits = head(hidden[b["sc_local"], b["sc_pos"]]).float().cpu()
                 nll_rows = nll_rows + _row_nll(logits, b["sc_tgt"], b["sc_row"], len(rows))
-                if avoid_weight > 0 and len(b["av_idx"]):
-                    p_bad = F.softmax(logits[b["av_idx"]], -1).gather(1, b["av_tok"][:, None]).squeeze(1)
-                    avoid_terms.append(-torch.log1p(-p_bad.clamp(max=1 - 1e-6)))
             if len(b["kl_local"]):
                 kl_terms.append((b["kl_which"], F.log_softmax(head(hidden[b["kl_local"], b["kl_pos"]]).float().cpu(), -1)))
         probs = torch.exp(-nll_rows.detach())
         loss = (nll_rows * weights).sum() / weights.sum()
-        if avoid_terms:  # unlikelihood of the subject's other objects where this row's object is due
-            loss = loss + avoid_weight * torch.cat(avoid_terms).mean()
         if kl_terms:
             order = torch.cat([w for w, _ in kl_terms]).argsort()
             kl_logp = torch.cat([lp for _, lp in kl_terms])[order]

@@ -16,7 +16,6 @@ class Row:
     scored: list[int] = field(default_factory=list)   # positions whose NEXT token is scored
     weight: float = 1.0
     group: int = 0                      # which fact (or fact index) this row trains
-    avoid: list[tuple[int, int]] = field(default_factory=list)  # (scored position, token) made unlikely there
 
 
 def _enc(tok, text: str) -> list[int]:
