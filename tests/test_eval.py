@@ -192,6 +192,10 @@ def test_settings_are_parsed_as_json():
     assert parse_settings([]) == {}
     with pytest.raises(RoseMemoryError, match="given twice"):
         parse_settings(["stage_steps=8", "stage_steps=9"])
+    with pytest.raises(RoseMemoryError, match="stage_steps"):
+        parse_settings(["stage_steps=many"])
+    with pytest.raises(RoseMemoryError, match="iso_protect"):
+        parse_settings(["iso_protect=1.5"])
 
 
 # ---- the real model ------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import json
 import os
 import shlex
 
+from pydantic import ValidationError
+
 from ..errors import RoseMemoryError
 from .runner import ALL_METHODS, MODES, parse_methods
 
@@ -76,6 +78,11 @@ def parse_settings(items: list[str]) -> dict:
         if unknown:
             raise RoseMemoryError(f"--set: unknown editing setting(s) {', '.join(unknown)}; "
                                   f"known: {', '.join(EditConfig.model_fields)}")
+        try:  # types and bounds now; layers against the model's depth once it is loaded
+            EditConfig(**out)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise RoseMemoryError(f"--set {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     return out
 
 
