@@ -26,6 +26,7 @@ from .editing.delta import Delta
 from .errors import RoseMemoryError
 from .arch import spec_for
 from .facts import EditRequest, make_facts
+from .generate import generate_ids
 from .model import EMBEDDED, LoadedModel, load_cached
 from .stores.deltas import DeltaStore, delta_name, save_lora_adapter
 from .stores.ledger import Ledger
@@ -295,17 +296,10 @@ class ParametricMemory:
         return f"{turns}Question: {question}\nAnswer:"
 
     def _generate(self, prompts: list[tuple[str, bool]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy continuation tokens of a batch of (text, is_chat) prompts, left-padded."""
+        """Greedy continuation tokens of a batch of (text, is_chat) prompts (end of sequence cut)."""
         tok = self.lm.tokenizer
         ids = [tok(t, add_special_tokens=not chat)["input_ids"] for t, chat in prompts]
-        n = max(len(i) for i in ids)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (n - len(i)) + i for i in ids], device=self.lm.device)
-        mask = torch.tensor([[0] * (n - len(i)) + [1] * len(i) for i in ids], device=self.lm.device)
-        with torch.no_grad():
-            out = self.lm.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                         do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-        return [row[n:].tolist() for row in out]
+        return generate_ids(self.lm, ids, max_new_tokens=max_new_tokens)
 
     def _decode(self, ids: list[int]) -> str:
         return self.lm.tokenizer.decode(ids, skip_special_tokens=True).strip()

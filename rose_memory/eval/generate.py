@@ -1,28 +1,18 @@
-"""Batched greedy generation: prompt rendering, left padding, one `generate` per group of prompts.
+"""The benchmark's prompts: rendering, encoding, decoding, perplexity.
 
-Prompts of a group that share a leading run of tokens (the chat template's system turn, facts put
-in context) have that prefix encoded once and its key/value cache shared by the whole group; the
-rest is left-padded after it. Position ids follow the attention mask, so every row sees exactly
-the positions it would see alone.
+Generation itself is the package's one batched generator (`rose_memory.generate.generate_ids`).
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import RoseMemoryError
+from ..generate import BATCH_SIZE, MAX_NEW_TOKENS, generate_ids  # noqa: F401  (the runner imports them from here)
 from ..model import LoadedModel
-
-MAX_NEW_TOKENS = 24
-BATCH_SIZE = 128  # prompts per generate call
-MAX_BATCH_TOKENS = 16384  # rows x (padded length + new tokens): bounds the key/value cache memory
-MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate forward pass
 
 
 def render(lm: LoadedModel, text: str, chat: bool, context: Sequence[str] = ()) -> str:
@@ -59,128 +49,6 @@ def encode(lm: LoadedModel, rendered: str, chat: bool) -> list[int]:
 
 def decode(lm: LoadedModel, ids: Sequence[int]) -> str:
     return lm.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-
-def eos_ids(lm: LoadedModel) -> list[int]:
-    ids = set()
-    for value in (lm.tokenizer.eos_token_id, getattr(lm.model.generation_config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return sorted(ids)
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    # transformers 5 renamed `past_key_values` to `cache`.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _new_cache(model: torch.nn.Module):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:
-        return DynamicCache()
-
-
-def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
-    limit = min(len(r) for r in rows) - 1  # every row keeps at least one token of its own
-    n = 0
-    first = rows[0]
-    while n < limit and all(r[n] == first[n] for r in rows):
-        n += 1
-    return n
-
-
-def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_tokens: int,
-                    prefixes: dict | None = None) -> list[list[int]]:
-    """One `generate` call. `prefixes` keeps the key/value cache of shared prefixes between calls."""
-    from transformers import GenerationConfig
-
-    model, tok = lm.model, lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(lm)[0]
-    stop = eos_ids(lm)
-    shared = _common_prefix(rows) if len(rows) > 1 else 0
-    if shared < MIN_SHARED_PREFIX:
-        shared = 0
-    elif prefixes:
-        # Reuse the previous group's prefix if every row starts with it (a few tokens less shared
-        # is cheaper than encoding a long prefix, e.g. facts in context, again).
-        (kept,) = prefixes
-        if len(kept) <= shared and tuple(rows[0][: len(kept)]) == kept:
-            shared = len(kept)
-    width = max(len(r) - shared for r in rows)
-    ids, mask = [], []
-    for r in rows:
-        gap = width - (len(r) - shared)
-        ids.append(list(r[:shared]) + [pad] * gap + list(r[shared:]))
-        mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
-    device = lm.device
-    input_ids = torch.tensor(ids, device=device)
-    attention_mask = torch.tensor(mask, device=device)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=stop
-    )
-    kwargs = {}
-    with torch.no_grad():
-        if shared:
-            key = _cache_kwarg(model)
-            prefix = tuple(rows[0][:shared])
-            if prefixes is not None and prefix in prefixes:
-                cache = copy.deepcopy(prefixes[prefix])
-            else:
-                cache = _new_cache(model)
-                model(input_ids=input_ids[:1, :shared], use_cache=True, **{key: cache})
-                if prefixes is not None:
-                    prefixes.clear()  # keep only the latest: consecutive groups share it
-                    prefixes[prefix] = copy.deepcopy(cache)
-            cache.batch_repeat_interleave(len(rows))
-            kwargs[key] = cache
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
-    new = out[:, input_ids.shape[1] :].tolist()
-    answers = []
-    for row in new:
-        cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-        answers.append(row[:cut])
-    return answers
-
-
-def generate_ids(
-    lm: LoadedModel,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int = MAX_NEW_TOKENS,
-    batch_size: int = BATCH_SIZE,
-    progress: bool = False,
-    desc: str = "generating",
-) -> list[list[int]]:
-    """Greedy continuations (token ids, end-of-sequence stripped) of tokenized prompts.
-
-    Prompts are sorted by first token and length, so that a group mostly shares its prefix
-    and pads little, then cut into groups of `batch_size`; each group is one `generate` call.
-    """
-    if not prompts:
-        return []
-    order = sorted(range(len(prompts)), key=lambda i: (prompts[i][:1], len(prompts[i]), i))
-    groups: list[list[int]] = []
-    for i in order:
-        g = groups[-1] if groups else None
-        if g is not None:
-            rows, longest = len(g) + 1, max(len(prompts[j]) for j in g + [i])
-            if rows <= batch_size and rows * (longest + max_new_tokens) <= MAX_BATCH_TOKENS:
-                g.append(i)
-                continue
-        groups.append([i])
-    out: list[list[int] | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, leave=False, **({} if progress else {"disable": True}))
-    prefixes: dict = {}
-    for g in groups:
-        for i, answer in zip(g, _generate_batch(lm, [prompts[i] for i in g], max_new_tokens, prefixes)):
-            out[i] = answer
-        bar.update(len(g))
-    bar.close()
-    return out  # type: ignore[return-value]
 
 
 def perplexity(lm: LoadedModel, text: str, context: Sequence[str] = ()) -> float:
