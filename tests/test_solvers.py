@@ -69,6 +69,11 @@ def test_out_of_range_rose_settings_are_the_projects_error(lm, override):
         config_for(lm.model, override)
 
 
+def test_a_misspelt_edit_setting_is_the_projects_error_not_a_silent_default(lm):
+    with pytest.raises(RoseMemoryError, match="unknown editing setting.*stage_stepz"):
+        config_for(lm.model, {"stage_stepz": 8})
+
+
 def test_keys_read_with_the_forward_cut_short_equal_the_full_forward(lm, monkeypatch):
     import contextlib
 

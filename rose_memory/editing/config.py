@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RoseMemoryError
 
 
 class EditConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
+
     # Where: MLP output projections of these blocks; the target value lives at the last one.
     layers: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
     # Target value optimisation (MEMIT's compute_z, batched).
@@ -72,7 +74,17 @@ def config_for(model, overrides: dict | None = None) -> EditConfig:
         lo, hi = max(1, round(0.1 * n)), max(2, round(0.28 * n))
         data["layers"] = list(range(lo, hi + 1))
     data.update(overrides or {})
+    return validated(data).checked(n)
+
+
+def validated(data: dict, what: str = "bad edit config") -> EditConfig:
+    """EditConfig(**data), with pydantic's first error turned into the project's error."""
     try:
-        return EditConfig(**data).checked(n)
+        return EditConfig(**data)
     except ValidationError as err:
-        raise RoseMemoryError(f"bad edit config: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
+        first = err.errors()[0]
+        if first["type"] == "extra_forbidden":
+            unknown = sorted(set(data) - set(EditConfig.model_fields))
+            raise RoseMemoryError(f"{what}: unknown editing setting(s) {', '.join(unknown)}; "
+                                  f"known: {', '.join(EditConfig.model_fields)}") from None
+        raise RoseMemoryError(f"{what}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

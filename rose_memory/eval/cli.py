@@ -7,8 +7,6 @@ import json
 import os
 import shlex
 
-from pydantic import ValidationError
-
 from ..errors import RoseMemoryError
 from .runner import ALL_METHODS, MODES, parse_methods
 
@@ -71,18 +69,10 @@ def parse_settings(items: list[str]) -> dict:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw.strip()
-    if out:
-        from ..editing.config import EditConfig
+    if out:  # names, types and bounds now; layers against the model's depth once it is loaded
+        from ..editing.config import validated
 
-        unknown = sorted(set(out) - set(EditConfig.model_fields))
-        if unknown:
-            raise RoseMemoryError(f"--set: unknown editing setting(s) {', '.join(unknown)}; "
-                                  f"known: {', '.join(EditConfig.model_fields)}")
-        try:  # types and bounds now; layers against the model's depth once it is loaded
-            EditConfig(**out)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise RoseMemoryError(f"--set {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        validated(out, what="--set")
     return out
 
 
