@@ -111,3 +111,17 @@ def test_the_joint_refinement_reusing_the_last_stages_buckets_changes_nothing(lm
     monkeypatch.setattr(rose, "optimize_values", fresh)
     assert torch.equal(rose_targets(lm, OrderedDict([("Ann Lee", reqs)]), cfg, None), reused)
     assert len(calls) == 3 and calls[0] is calls[2]     # two stages and the joint step share one dict
+
+
+@pytest.mark.parametrize("before", ["What is ", "Tell me about ", "Some text. "])
+def test_rows_tokenise_the_subject_as_real_text_does(lm, before):
+    # A subject after a space must be the tokens a real question has (" Caspian", not " " + "Casp" "ian"):
+    # the edit's keys and values are read at those tokens.
+    from rose_memory.editing.tokens import build_row
+
+    pieces = [("text", before), ("subject", "Caspian Moriarty"), ("text", "'s hobby is"), ("scored", " fishing")]
+    row = build_row(lm, pieces)
+    text = "".join(t for _, t in pieces)
+    assert row.ids == lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert lm.tokenizer.decode(row.ids[row.lookups[0]]) == "arty"
+    assert lm.tokenizer.decode(row.ids[row.scored[0] + 1:]) == " fishing"

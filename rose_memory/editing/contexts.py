@@ -16,6 +16,10 @@ USER_OPENERS = ("", "Tell me about ", "What do you know about ", "Where does ", 
                 "What does ", "How does ", "Who is ", "Tell me ", "In which ", "Can you tell me about ")
 # Open requests about a subject; the assistant's reply restates a fact in the edit's own words.
 OPEN_REQUESTS = ("Tell me about {}.", "What do you know about {}?")
+# Questions about a subject whose reply starts by naming it; only the restated name is scored,
+# so that the value leaves the name intact whatever is asked (no relation words, no object).
+NAME_QUESTIONS = ("Who is {}?", "Can you describe {}?", "What does {} like?", "Where is {} from?",
+                  "What is {} known for?", "Give me a fact about {}.")
 
 _generic_cache: dict[tuple, list[str]] = {}
 

@@ -19,7 +19,7 @@ from ..facts import EditRequest
 from ..model import LoadedModel
 from . import solvers
 from .config import EditConfig
-from .contexts import OPEN_REQUESTS, USER_OPENERS, chat_prefix, chat_text, generic_prefixes
+from .contexts import NAME_QUESTIONS, OPEN_REQUESTS, USER_OPENERS, chat_prefix, chat_text, generic_prefixes
 from .delta import Delta
 from .hooks import keys_and_outputs
 from .spread import spread
@@ -35,12 +35,13 @@ def _tagged(row: Row, group: int) -> Row:
 
 def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) -> list[Row]:
     """Where the value must make the model say the target: raw text, and answers in the chat template."""
+    natural = cfg.natural_tokens
     before, after = split_prompt(req.prompt)
     s, t = req.subject, req.target
     rows = []
     ctxs = [""] + generic_prefixes(lm, cfg.n_generic_contexts, cfg.generic_context_tokens, cfg.seed)[:2]
     for c in ctxs:
-        rows.append(build_row(lm, [("text", c + before), ("subject", s), ("text", after), ("scored", " " + t)]))
+        rows.append(build_row(lm, [("text", c + before), ("subject", s), ("text", after), ("scored", " " + t)], natural))
     if cfg.chat_contexts:
         # The user names the subject; the assistant restates the fact (the restated name is
         # scored too, so the edit keeps it intact).
@@ -48,38 +49,50 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
             head = chat_text(lm, ask.format(s))
             i = head.rindex(s)
             rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):] + before),
-                                       ("subject_scored", s), ("text", after), ("scored", " " + t)]))
+                                       ("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
         # The user asks with the relation's own words; the assistant answers with the object first.
         head = chat_text(lm, f"{before}{s}{after}?".strip())
         i = head.rindex(s)
-        rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):]), ("scored", t)]))
+        rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):]), ("scored", t)], natural))
+    return [_tagged(r, group) for r in rows]
+
+
+def name_rows(lm: LoadedModel, subject: str, group: int, natural: bool = False) -> list[Row]:
+    """Generic questions about the subject, the reply restating its name: only the name is scored."""
+    rows = []
+    for ask in NAME_QUESTIONS:
+        head = chat_text(lm, ask.format(subject))
+        i = head.rindex(subject)
+        rows.append(build_row(lm, [("text", head[:i]), ("subject", subject), ("text", head[i + len(subject):]),
+                                   ("subject_scored", subject)], natural))
     return [_tagged(r, group) for r in rows]
 
 
 def key_rows(lm: LoadedModel, subject: str, group: int, cfg: EditConfig) -> list[Row]:
     """The subject's keys over varied contexts (its last token, in each)."""
+    natural = cfg.natural_tokens
     ctxs = [""] + generic_prefixes(lm, cfg.n_generic_contexts, cfg.generic_context_tokens, cfg.seed)
     if cfg.chat_contexts:
         ctxs += [chat_prefix(lm, o) for o in USER_OPENERS]
         ctxs.append(chat_text(lm, f"Tell me about {subject}.", ""))
-    return [_tagged(build_row(lm, [("text", c), ("subject", subject)]), group) for c in ctxs]
+    return [_tagged(build_row(lm, [("text", c), ("subject", subject)], natural), group) for c in ctxs]
 
 
-def keep_rows(lm: LoadedModel, subject: str) -> list[Row]:
+def keep_rows(lm: LoadedModel, subject: str, natural: bool = False) -> list[Row]:
     """Tokens whose keys the update must leave alone: the subject's other tokens (so the name is
     not garbled when restated) and a chat question's template and words (present in every question)."""
-    start = len(build_row(lm, []).ids)   # after a BOS, if the tokenizer adds one
-    plain = build_row(lm, [("subject", subject)])
+    start = len(build_row(lm, [], natural).ids)   # after a BOS, if the tokenizer adds one
+    plain = build_row(lm, [("subject", subject)], natural)
     head = chat_text(lm, f"Tell me about {subject}.")
     i = head.rindex(subject)
-    chat = build_row(lm, [("text", head[:i]), ("subject", subject), ("text", head[i + len(subject):])])
+    chat = build_row(lm, [("text", head[:i]), ("subject", subject), ("text", head[i + len(subject):])], natural)
     rows = [Row(ids=plain.ids, lookups=list(range(start, plain.lookups[-1]))),
             Row(ids=chat.ids, lookups=[p for p in range(start, len(chat.ids)) if p != chat.lookups[-1]])]
     return [r for r in rows if r.lookups]
 
 
-def _kl_row(lm, subject: str, group: int) -> Row:
-    return _tagged(build_row(lm, [("subject", subject), ("text", " is a")]), group)
+def _kl_row(lm, subject: str, group: int, natural: bool = False) -> Row:
+    return _tagged(build_row(lm, [("subject", subject), ("text", " is a")], natural), group)
 
 
 def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest]]", cfg: EditConfig,
@@ -89,14 +102,19 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
     key = TargetCache.key("rose-z", lm.name, {s: [r.model_dump() for r in rs] for s, rs in by_subject.items()},
                           cfg.model_dump(include={"layers", "v_steps", "rose_lr", "clamp_norm_factor", "v_weight_decay",
                                                   "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts",
-                                                  "hier", "stage_steps", "anchor_weight", "joint_steps", "seed", "flat_noise"}))
+                                                  "hier", "stage_steps", "anchor_weight", "joint_steps", "seed", "flat_noise",
+                                                  "name_rows", "natural_tokens"}))
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
+    natural = cfg.natural_tokens
     subjects = list(by_subject)
-    plain = [_tagged(build_row(lm, [("subject", s)]), g) for g, s in enumerate(subjects)]
+    plain = [_tagged(build_row(lm, [("subject", s)], natural), g) for g, s in enumerate(subjects)]
     _, init = keys_and_outputs(lm, plain, [z], out_layer=z)          # [n_subjects, d]
-    kl = [_kl_row(lm, s, g) for g, s in enumerate(subjects)]
+    kl = [_kl_row(lm, s, g, natural) for g, s in enumerate(subjects)]
     rows_of = {g: [target_rows(lm, r, g, cfg) for r in by_subject[s]] for g, s in enumerate(subjects)}
+    if cfg.name_rows and cfg.chat_contexts:   # with every stage's first relation, so in every stage
+        for g, s in enumerate(subjects):
+            rows_of[g][0] = rows_of[g][0] + name_rows(lm, s, g, natural)
     opt = dict(lr=cfg.rose_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
                kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob, batched=cfg.batched, upper_only=cfg.upper_only,
                noise=cfg.flat_noise)
@@ -130,10 +148,11 @@ def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: 
     for r in reqs:
         by_subject.setdefault(r.subject, []).append(r)
     values = rose_targets(lm, by_subject, cfg, cache)
+    natural = cfg.natural_tokens
     subjects = list(by_subject)
     krows = [row for g, s in enumerate(subjects) for row in key_rows(lm, s, g, cfg)]
     owner = [r.group for r in krows]
-    value_rows = [_tagged(build_row(lm, [("subject", s)]), g) for g, s in enumerate(subjects)]
+    value_rows = [_tagged(build_row(lm, [("subject", s)], natural), g) for g, s in enumerate(subjects)]
     if cfg.iso:
         protect = protectors_for(lm, cfg, progress) if cfg.iso_protect > 0 else {}
 
@@ -147,6 +166,6 @@ def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: 
             return solvers.covariance(k, r, covs[layer], cfg.mom2_update_weight)
         average = True
     name = "rose" if (cfg.iso and cfg.hier) else ("rose-no-iso" if not cfg.iso else "rose-no-hier")
-    keep = [r for s in subjects for r in keep_rows(lm, s)] if (cfg.iso and cfg.keep_weight > 0) else []
+    keep = [r for s in subjects for r in keep_rows(lm, s, natural)] if (cfg.iso and cfg.keep_weight > 0) else []
     return spread(lm, cfg.layers, krows, owner, value_rows, values, solve, name, average_keys=average,
                   progress=progress, keep_rows=keep, keep_weight=cfg.keep_weight)

@@ -22,11 +22,27 @@ def _enc(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def build_row(lm: LoadedModel, pieces: list[tuple[str, str]]) -> Row:
+def _spaces_forward(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Move a piece's trailing space onto the next piece ("about " + "Ann" -> "about" + " Ann").
+
+    BPE tokenizers attach the space to the word after it; encoded apart, "about " ends in a
+    lone space token and "Ann" gets word-start tokens no real text has (MEMIT moves the space
+    the same way). The concatenated text is unchanged.
+    """
+    out = [list(p) for p in pieces if p[1]]
+    for a, b in zip(out, out[1:]):
+        if a[1].endswith(" ") and not a[1].isspace() and not b[1][:1].isspace():
+            a[1], b[1] = a[1][:-1], " " + b[1]
+    return [(k, t) for k, t in out if t]
+
+
+def build_row(lm: LoadedModel, pieces: list[tuple[str, str]], natural: bool = True) -> Row:
     """Concatenate text pieces tagged 'text' | 'subject' | 'scored' | 'subject_scored'.
 
     Tokenised piece by piece so positions are exact; a 'subject' piece marks its last token as
     an edit position, a 'scored' piece has each of its tokens scored (teacher forcing).
+    natural: spaces moved forward so the row has the tokens the joined text has (MEMIT's way);
+    False encodes each piece as written ("about " + "Ann": a lone space token, then "Ann").
     """
     tok = lm.tokenizer
     ids: list[int] = []
@@ -34,7 +50,7 @@ def build_row(lm: LoadedModel, pieces: list[tuple[str, str]]) -> Row:
     if bos is not None:
         ids.append(bos)
     row = Row(ids=ids, lookups=[])
-    for kind, text in pieces:
+    for kind, text in (_spaces_forward(pieces) if natural else pieces):
         if not text:
             continue
         part = _enc(tok, text)
