@@ -37,7 +37,7 @@ def test_protected_directions_are_left_alone():
 
 
 def test_keep_rows_cover_the_name_and_the_chat_question_but_not_the_edit_position(lm):
-    rows = keep_rows(lm, "Larkspur Quennell")
+    rows = keep_rows(lm, "Larkspur Quennell", config_for(lm.model).natural_tokens)
     tok = lm.tokenizer
     plain, chat = rows
     assert "".join(tok.convert_ids_to_tokens([plain.ids[i] for i in plain.lookups])).replace("Ġ", " ") == "Larkspur Qu" + "enn"
@@ -49,7 +49,7 @@ def test_keep_rows_cover_the_name_and_the_chat_question_but_not_the_edit_positio
 def test_replaying_only_the_upper_blocks_equals_the_full_forward(lm):
     cfg = config_for(lm.model)
     req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
-    rows, kl = target_rows(lm, req, 0, cfg), [_kl_row(lm, req.subject, 0)]
+    rows, kl = target_rows(lm, req, 0, cfg), [_kl_row(lm, req.subject, 0, cfg.natural_tokens)]
     layer = cfg.layers[-1]
     delta = torch.randn(1, lm.model.config.hidden_size) * 3
     for idx in targets._buckets(rows, kl):

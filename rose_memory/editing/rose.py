@@ -33,6 +33,14 @@ def _tagged(row: Row, group: int) -> Row:
     return row
 
 
+def _in_chat(lm: LoadedModel, user: str, subject: str, reply: str = "") -> list[tuple[str, str]]:
+    """Pieces of a user message through the chat template, its last mention of the subject
+    marked, followed by the start of the assistant's reply."""
+    head = chat_text(lm, user)
+    i = head.rindex(subject)
+    return [("text", head[:i]), ("subject", subject), ("text", head[i + len(subject):] + reply)]
+
+
 def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) -> list[Row]:
     """Where the value must make the model say the target: raw text, and answers in the chat template."""
     natural = cfg.natural_tokens
@@ -46,26 +54,17 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
         # The user names the subject; the assistant restates the fact (the restated name is
         # scored too, so the edit keeps it intact).
         for ask in OPEN_REQUESTS:
-            head = chat_text(lm, ask.format(s))
-            i = head.rindex(s)
-            rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):] + before),
-                                       ("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
+            rows.append(build_row(lm, _in_chat(lm, ask.format(s), s, before)
+                                  + [("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
         # The user asks with the relation's own words; the assistant answers with the object first.
-        head = chat_text(lm, f"{before}{s}{after}?".strip())
-        i = head.rindex(s)
-        rows.append(build_row(lm, [("text", head[:i]), ("subject", s), ("text", head[i + len(s):]), ("scored", t)], natural))
+        rows.append(build_row(lm, _in_chat(lm, f"{before}{s}{after}?".strip(), s) + [("scored", t)], natural))
     return [_tagged(r, group) for r in rows]
 
 
-def name_rows(lm: LoadedModel, subject: str, group: int, natural: bool = False) -> list[Row]:
+def name_rows(lm: LoadedModel, subject: str, group: int, natural: bool) -> list[Row]:
     """Generic questions about the subject, the reply restating its name: only the name is scored."""
-    rows = []
-    for ask in NAME_QUESTIONS:
-        head = chat_text(lm, ask.format(subject))
-        i = head.rindex(subject)
-        rows.append(build_row(lm, [("text", head[:i]), ("subject", subject), ("text", head[i + len(subject):]),
-                                   ("subject_scored", subject)], natural))
-    return [_tagged(r, group) for r in rows]
+    return [_tagged(build_row(lm, _in_chat(lm, ask.format(subject), subject) + [("subject_scored", subject)], natural),
+                    group) for ask in NAME_QUESTIONS]
 
 
 def key_rows(lm: LoadedModel, subject: str, group: int, cfg: EditConfig) -> list[Row]:
@@ -78,20 +77,18 @@ def key_rows(lm: LoadedModel, subject: str, group: int, cfg: EditConfig) -> list
     return [_tagged(build_row(lm, [("text", c), ("subject", subject)], natural), group) for c in ctxs]
 
 
-def keep_rows(lm: LoadedModel, subject: str, natural: bool = False) -> list[Row]:
+def keep_rows(lm: LoadedModel, subject: str, natural: bool) -> list[Row]:
     """Tokens whose keys the update must leave alone: the subject's other tokens (so the name is
     not garbled when restated) and a chat question's template and words (present in every question)."""
     start = len(build_row(lm, [], natural).ids)   # after a BOS, if the tokenizer adds one
     plain = build_row(lm, [("subject", subject)], natural)
-    head = chat_text(lm, f"Tell me about {subject}.")
-    i = head.rindex(subject)
-    chat = build_row(lm, [("text", head[:i]), ("subject", subject), ("text", head[i + len(subject):])], natural)
+    chat = build_row(lm, _in_chat(lm, f"Tell me about {subject}.", subject), natural)
     rows = [Row(ids=plain.ids, lookups=list(range(start, plain.lookups[-1]))),
             Row(ids=chat.ids, lookups=[p for p in range(start, len(chat.ids)) if p != chat.lookups[-1]])]
     return [r for r in rows if r.lookups]
 
 
-def _kl_row(lm, subject: str, group: int, natural: bool = False) -> Row:
+def _kl_row(lm, subject: str, group: int, natural: bool) -> Row:
     return _tagged(build_row(lm, [("subject", subject), ("text", " is a")], natural), group)
 
 
