@@ -63,6 +63,27 @@ def test_replaying_only_the_upper_blocks_equals_the_full_forward(lm):
         assert torch.allclose(full[real], upper[real], atol=1e-4)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_value_optimisation_raises_the_target_in_both_precisions(lm, bf16):
+    from rose_memory.editing.hooks import keys_and_outputs
+    from rose_memory.editing.tokens import build_row
+
+    # value_bf16 (off by default) runs the blocks under bf16 autocast where that is native;
+    # the delta it returns is float32 either way and still does its job.
+    cfg = config_for(lm.model)
+    req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
+    rows, kl = target_rows(lm, req, 0, cfg)[:3], [_kl_row(lm, req.subject, 0, cfg.natural_tokens)]
+    layer = cfg.layers[-1]
+    plain = build_row(lm, [("subject", req.subject)], cfg.natural_tokens)
+    plain.group = 0
+    _, init = keys_and_outputs(lm, [plain], [layer], out_layer=layer)
+    args = dict(lr=0.5, clamp_norm_factor=0.75, weight_decay=0.5, kl_factor=0.0625, stop_prob=1.1, bf16=bf16)
+    _, before = targets.optimize_values(lm, layer, rows, kl, init, torch.zeros_like(init), 1, **args)
+    delta, after = targets.optimize_values(lm, layer, rows, kl, init, torch.zeros_like(init), 6, **args)
+    assert delta.dtype == torch.float32 and torch.isfinite(delta).all()
+    assert min(after["probs"]) > max(before["probs"])
+
+
 @pytest.mark.parametrize("override", [{"iso_protect": 1.0}, {"iso_protect": -0.1}, {"keep_weight": -1.0}])
 def test_out_of_range_rose_settings_are_the_projects_error(lm, override):
     with pytest.raises(RoseMemoryError, match=next(iter(override))):

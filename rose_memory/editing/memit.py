@@ -42,7 +42,7 @@ def memit_targets(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cac
     """One value per request at layers[-1]: [n_requests, d_model] (the hidden state wanted there)."""
     z_layer = cfg.layers[-1]
     key = TargetCache.key("memit-z", lm.name, [r.model_dump() for r in reqs], z_layer, cfg.v_steps, cfg.v_lr,
-                          cfg.clamp_norm_factor, cfg.v_weight_decay, cfg.kl_factor, cfg.n_generic_contexts, cfg.seed)
+                          cfg.clamp_norm_factor, cfg.v_weight_decay, cfg.kl_factor, cfg.n_generic_contexts, cfg.seed, cfg.value_bf16)
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     ctxs = _contexts(lm, cfg)
@@ -55,7 +55,8 @@ def memit_targets(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cac
         kl = [_row(lm, "", EditRequest(subject=r.subject, prompt="{} is a", target="x"), 0, False)]
         d, _ = optimize_values(lm, z_layer, rows, kl, init[i:i + 1], torch.zeros_like(init[i:i + 1]),
                                cfg.v_steps, cfg.v_lr, cfg.clamp_norm_factor, cfg.v_weight_decay,
-                               cfg.kl_factor, stop_prob=0.95, batched=cfg.batched, upper_only=cfg.upper_only)
+                               cfg.kl_factor, stop_prob=0.95, batched=cfg.batched, upper_only=cfg.upper_only,
+                               bf16=cfg.value_bf16)
         values.append(init[i] + d[0])
     out = torch.stack(values)
     if cache is not None:

@@ -100,7 +100,7 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
                           cfg.model_dump(include={"layers", "v_steps", "rose_lr", "clamp_norm_factor", "v_weight_decay",
                                                   "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts",
                                                   "hier", "stage_steps", "anchor_weight", "joint_steps", "seed", "flat_noise",
-                                                  "name_rows", "natural_tokens"}))
+                                                  "name_rows", "natural_tokens", "value_bf16"}))
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     natural = cfg.natural_tokens
@@ -114,7 +114,7 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
             rows_of[g][0] = rows_of[g][0] + name_rows(lm, s, g, natural)
     opt = dict(lr=cfg.rose_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
                kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob, batched=cfg.batched, upper_only=cfg.upper_only,
-               noise=cfg.flat_noise)
+               noise=cfg.flat_noise, bf16=cfg.value_bf16)
     opt["prepared"] = {}   # the joint refinement reuses the last stage's buckets (same rows)
     delta = torch.zeros_like(init)
     kl_ref = None

@@ -203,6 +203,16 @@ def _suffix_hidden(lm: LoadedModel, layer: int, b: dict, delta: torch.Tensor) ->
     return _suffix_hidden_full(lm, b, delta, layer)
 
 
+def bf16_matmuls(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls are native here (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def optimize_values(
     lm: LoadedModel,
     layer: int,
@@ -223,6 +233,7 @@ def optimize_values(
     upper_only: bool = True,
     noise: float = 0.0,
     prepared: dict | None = None,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Optimise deltas [n_values, d] (row.group = value index), starting from `start`.
 
@@ -230,8 +241,13 @@ def optimize_values(
     Returns (deltas, info with per-step losses and the final per-row target probabilities).
     `prepared`: a dict the caller keeps between calls; a call with the very same row objects
     reuses the buckets (prefix caches, recorded block inputs) of the previous call.
+    `bf16`: each step's blocks run under bfloat16 autocast, where the hardware has native bf16
+    matmuls (else ignored); buckets are prepared and checked in the model's dtype, the delta,
+    the output head, losses and the optimiser stay float32.
     """
     head = lm.model.get_output_embeddings()
+    amp = (torch.autocast(device_type=lm.device.type, dtype=torch.bfloat16)
+           if bf16 and bf16_matmuls(lm.device) else nullcontext())
     # The same rows again (RoSE's joint refinement after its last stage): reuse their prepared buckets.
     reuse_key = (layer, batched, upper_only, tuple(map(id, rows)), tuple(map(id, kl_rows)))
     if prepared is not None and prepared.get("key") == reuse_key:
@@ -259,7 +275,9 @@ def optimize_values(
         if noise > 0:  # a random nudge of the value each step: favours a flat minimum (prompt drift)
             used = delta + noise * scale[:, None] * torch.randn_like(delta) / delta.shape[-1] ** 0.5
         for b in buckets:
-            hidden = _suffix_hidden(lm, layer, b, used.to(lm.device))
+            with amp:
+                hidden = _suffix_hidden(lm, layer, b, used.to(lm.device))
+            hidden = hidden.to(head.weight.dtype)
             if len(b["sc_row"]):
                 logits = head(hidden[b["sc_local"], b["sc_pos"]]).float().cpu()
                 nll_rows = nll_rows + _row_nll(logits, b["sc_tgt"], b["sc_row"], len(rows))
