@@ -299,11 +299,11 @@ def test_batch_writes_each_subject_from_the_clean_model(eval_lm, tmp_path):
     before = weight.detach().clone()
     calls: list = []
     fake = fake_edit_factory(eval_lm, calls)
-    runner = Runner(eval_lm, subjects, locality, mode="batch", progress=False, edit_fn=fake,
+    runner = Runner(eval_lm, subjects, locality, mode="batch", seed=5, progress=False, edit_fn=fake,
                     edit_config={"stage_steps": 3})
     result, plain = runner.run(["memit", "none"])  # any editing method name; the fake stands in for edit()
     assert calls == [["brown", "Warsaw"], ["parrot"]]  # all of a subject's facts in one call
-    assert fake.configs == [{"stage_steps": 3}] * 2     # --set overrides reach every write
+    assert fake.configs == [{"seed": 5, "stage_steps": 3}] * 2  # --set overrides and --seed reach every write
     assert torch.allclose(weight.detach(), before, atol=1e-6)
     # locality: the locality file per subject plus the other subject's questions
     assert result.n_probes["locality"] == 2 * len(LOCALITY) + 3 + 1
@@ -338,7 +338,7 @@ def test_sequential_writes_one_fact_per_call_through_the_memory(eval_lm, tmp_pat
                     memory_options={"verify": {"min_edit_recall": 0.0}}, edit_config={"stage_steps": 3})
     result = runner.run(["rose"])[0]
     assert calls == [["brown"], ["Warsaw"], ["parrot"]]  # one fact per call, subject after subject
-    assert all(c["stage_steps"] == 3 for c in fake.configs)  # the memory writes with the --set overrides
+    assert all(c["stage_steps"] == 3 and c["seed"] == 0 for c in fake.configs)  # the memory writes with the --set overrides
     assert torch.allclose(weight.detach(), before, atol=1e-6)  # the memory gave the weights back
     # locality: the locality file after each subject, plus the second subject's question after the first
     assert result.n_probes["locality"] == 2 * len(LOCALITY) + 1

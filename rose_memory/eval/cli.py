@@ -25,7 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--methods", required=True, metavar="LIST", help=f"comma-separated, from: {','.join(ALL_METHODS)}")
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--limit", type=int, metavar="N", help="only the first N subjects")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seeds the run and the edits (model-sampled prefixes and key statistics); "
+                        "--set seed=K overrides the edits' seed")
     p.add_argument("--json", required=True, metavar="OUT", help="results JSON to write")
     p.add_argument("--report", metavar="DIR", help="write report.md and a bar chart PNG here")
     p.add_argument("--answers", metavar="FILE", help="write every probe as one JSON line here")

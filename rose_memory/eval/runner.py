@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..editing import METHODS as EDIT_METHODS
 from ..editing import edit
+from ..editing.config import config_for
 from ..errors import RoseMemoryError
 from ..model import LoadedModel
 from . import metrics as M
@@ -282,12 +283,11 @@ class Runner:
         self.edit_fn = edit_fn or edit  # batch mode; sequential mode writes through ParametricMemory
         self.memory_options = dict(memory_options or {})  # e.g. verify=..., policy=... (sequential mode)
         # EditConfig overrides for every editing method (e.g. {"stage_steps": 8}); checked now.
-        self.edit_config = dict(edit_config or {})
-        if self.edit_config:
-            from ..editing.config import config_for
-
-            config_for(lm.model, self.edit_config)
-            self.memory_options["edit_config"] = {**self.memory_options.get("edit_config", {}), **self.edit_config}
+        # The run's seed is the edits' seed too (their model-sampled prefixes and key statistics),
+        # unless the overrides name one: a new --seed is a new draw of the whole run.
+        self.edit_config = {"seed": seed, **(edit_config or {})}
+        config_for(lm.model, self.edit_config)
+        self.memory_options["edit_config"] = {**self.memory_options.get("edit_config", {}), **self.edit_config}
         self.answerer = Answerer(lm, batch_size=batch_size, progress=progress)
         self.target_cache = new_target_cache()
         self.ppl_before: float | None = None
@@ -335,7 +335,7 @@ class Runner:
     def _write(self, method: str, requests: list) -> object:
         start = time.perf_counter()
         delta = self.edit_fn(self.lm, requests, method=method, progress=False, cache=self.target_cache,
-                             config=self.edit_config or None)
+                             config=self.edit_config)
         delta.apply(self.lm.model)
         self._write_seconds += time.perf_counter() - start
         self._writes += 1
