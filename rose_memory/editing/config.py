@@ -22,8 +22,9 @@ class EditConfig(BaseModel):
     batched: bool = True             # all rows of a write in padded batches (False: one row per forward)
     upper_only: bool = True          # each step recomputes only the blocks above the value layer
     # The value optimisation's blocks under bf16 autocast where bf16 matmuls are native (a GPU,
-    # a CPU with AVX512-BF16/AMX). Off: on this 2-core CPU a write was 11-18% faster, but
-    # instruction fell to 0.19 / 0.14 from 0.36 / 0.29 on our two tuning splits.
+    # a CPU with AVX512-BF16/AMX). Off: on this 2-core CPU a write was 11-18% faster, and
+    # instruction was 0.19 / 0.14 against 0.36 / 0.29 on our two tuning splits, a gap the
+    # default itself shows between two seeds (0.17 / 0.14 with seed 1): not shown safe yet.
     value_bf16: bool = False
     stop_prob: float = 0.9           # stop when every row's target probability reaches this
     n_generic_contexts: int = 5      # MEMIT: five model-sampled prefixes of 10 tokens, plus "{}"
