@@ -76,22 +76,18 @@ def main(argv=None) -> int:
         print(json.dumps(results[-1]), flush=True)
     report = {"model": args.model or "embedded:smollm2-135m-instruct", "facts": len(FACTS), "results": results}
     if not args.no_unbatched and "rose" in args.methods.split(","):
-        unb = run(args.model, "rose", {"batched": False})
-        print(json.dumps(unb), flush=True)
-        results.append(unb)
-        b = next(r for r in results if r["method"] == "rose" and not r["overrides"])
-        report["rose_batched_over_unbatched_time"] = round(b["seconds_per_write"] / unb["seconds_per_write"], 3)
-        print("rose batched/unbatched time ratio:", report["rose_batched_over_unbatched_time"])
-        full = run(args.model, "rose", {"upper_only": False})
-        print(json.dumps(full), flush=True)
-        results.append(full)
-        report["rose_upper_only_over_full_forward_time"] = round(b["seconds_per_write"] / full["seconds_per_write"], 3)
-        print("rose upper-blocks-only/full-forward time ratio:", report["rose_upper_only_over_full_forward_time"])
-        half = run(args.model, "rose", {"value_bf16": True})
-        print(json.dumps(half), flush=True)
-        results.append(half)
-        report["rose_value_bf16_over_float32_time"] = round(half["seconds_per_write"] / b["seconds_per_write"], 3)
-        print("rose value_bf16/float32 time ratio:", report["rose_value_bf16_over_float32_time"])
+        base = next(r for r in results if r["method"] == "rose" and not r["overrides"])["seconds_per_write"]
+        # (settings, report key, printed label, variant time on top): each ratio within this run.
+        variants = [({"batched": False}, "rose_batched_over_unbatched_time", "batched/unbatched", False),
+                    ({"upper_only": False}, "rose_upper_only_over_full_forward_time", "upper-blocks-only/full-forward", False),
+                    ({"value_bf16": True}, "rose_value_bf16_over_float32_time", "value_bf16/float32", True)]
+        for overrides, key, label, variant_on_top in variants:
+            res = run(args.model, "rose", overrides)
+            print(json.dumps(res), flush=True)
+            results.append(res)
+            secs = res["seconds_per_write"]
+            report[key] = round(secs / base if variant_on_top else base / secs, 3)
+            print(f"rose {label} time ratio:", report[key])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -6,7 +6,7 @@ import torch
 from rose_memory import RoseMemoryError
 from rose_memory.editing import solvers
 from rose_memory.editing.config import config_for
-from rose_memory.editing.rose import _kl_row, keep_rows, target_rows
+from rose_memory.editing.rose import _kl_row, _tagged, keep_rows, target_rows
 from rose_memory.editing import targets
 from rose_memory.facts import EditRequest
 
@@ -74,10 +74,10 @@ def test_value_optimisation_raises_the_target_in_both_precisions(lm, bf16):
     req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
     rows, kl = target_rows(lm, req, 0, cfg)[:3], [_kl_row(lm, req.subject, 0, cfg.natural_tokens)]
     layer = cfg.layers[-1]
-    plain = build_row(lm, [("subject", req.subject)], cfg.natural_tokens)
-    plain.group = 0
+    plain = _tagged(build_row(lm, [("subject", req.subject)], cfg.natural_tokens), 0)
     _, init = keys_and_outputs(lm, [plain], [layer], out_layer=layer)
-    args = dict(lr=0.5, clamp_norm_factor=0.75, weight_decay=0.5, kl_factor=0.0625, stop_prob=1.1, bf16=bf16)
+    args = dict(lr=cfg.rose_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
+                kl_factor=cfg.kl_factor, stop_prob=1.1, bf16=bf16)   # stop_prob > 1: run every step
     _, before = targets.optimize_values(lm, layer, rows, kl, init, torch.zeros_like(init), 1, **args)
     delta, after = targets.optimize_values(lm, layer, rows, kl, init, torch.zeros_like(init), 6, **args)
     assert delta.dtype == torch.float32 and torch.isfinite(delta).all()
