@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .editing.api import METHODS, edit
 from .editing.delta import Delta
+from .editing.targets import TargetCache
 from .errors import RoseMemoryError
 from .arch import spec_for
 from .facts import EditRequest, make_facts
@@ -281,8 +282,18 @@ class ParametricMemory:
                     w.copy_(base.float() + (upd if upd.shape == w.shape else upd.T))  # Conv1D: [d_in, d_out]
                 self._sources[name] = ids
 
-    def _edit(self, subject: str, reqs: list[EditRequest]) -> Delta:
-        return edit(self.lm, reqs, method=self.config.method, config=self.config.edit or None, progress=self.progress)
+    def _edit(self, subject: str, reqs: list[EditRequest], live: dict[int, Delta]) -> Delta:
+        """The Delta of `reqs`, computed on the weights of the `live` edits."""
+        cache = None
+        if self.config.method == "alphaedit":
+            # AlphaEdit's sequential setting: the update avoids the keys of the edits that are
+            # live (the paper's K_p K_p^T of past edits; a forgotten edit no longer counts).
+            cache = TargetCache(sequential=True)
+            for d in live.values():
+                for layer, k in d.keys.items():
+                    cache.preserved[layer] = cache.preserved.get(layer, 0) + k.T @ k
+        return edit(self.lm, reqs, method=self.config.method, config=self.config.edit or None,
+                    progress=self.progress, cache=cache)
 
     # -- generation and verification ------------------------------------------------------------
 
@@ -372,7 +383,7 @@ class ParametricMemory:
         fields: dict = {}
         try:
             self._compose(others)  # the edit is computed on the weights without what it replaces
-            delta = self._edit(subject, reqs)
+            delta = self._edit(subject, reqs, others)
             fields["delta_file"], fields["delta_sha256"] = self.store.save(eid, delta)
             self._compose(others | {eid: delta})
             recall = self._measure(subject, reqs)

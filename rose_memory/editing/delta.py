@@ -21,6 +21,9 @@ class Delta:
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     method: str = ""
     meta: dict = field(default_factory=dict)
+    # AlphaEdit: the edit's keys per edited layer index, [n_requests, d_in], kept so that a
+    # memory can keep later edits off them (AlphaEdit's preserved K K^T of past edits).
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
     # Per applied weight: None (float32 weight: revert subtracts U V^T again, exact to ~1e-7),
     # or the tensor really added after rounding to a low-precision dtype (bf16/fp16).
     _applied: dict[str, torch.Tensor | None] = field(default_factory=dict, repr=False)
@@ -77,15 +80,18 @@ class Delta:
         return float(sum(self.matrix(n).norm() ** 2 for n in self.factors) ** 0.5)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat tensors for safetensors: '<name>::U' and '<name>::V'."""
+        """Flat tensors for safetensors: '<name>::U', '<name>::V', and 'keys::<layer>'."""
         out: dict[str, torch.Tensor] = {}
         for name, (u, v) in self.factors.items():
             out[f"{name}::U"] = u.contiguous().float().cpu()
             out[f"{name}::V"] = v.contiguous().float().cpu()
+        for layer, k in self.keys.items():
+            out[f"keys::{layer}"] = k.contiguous().float().cpu()
         return out
 
     @classmethod
     def from_state_dict(cls, tensors: dict[str, torch.Tensor], method: str = "", meta: dict | None = None) -> "Delta":
-        names = sorted({k.rsplit("::", 1)[0] for k in tensors})
+        names = sorted({k.rsplit("::", 1)[0] for k in tensors if k.endswith(("::U", "::V"))})
         factors = {n: (tensors[f"{n}::U"].float(), tensors[f"{n}::V"].float()) for n in names}
-        return cls(factors=factors, method=method, meta=dict(meta or {}))
+        keys = {int(k.split("::", 1)[1]): t.float() for k, t in tensors.items() if k.startswith("keys::")}
+        return cls(factors=factors, method=method, meta=dict(meta or {}), keys=keys)

@@ -104,10 +104,12 @@ def edit_alphaedit(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, ca
 
     delta = spread(lm, cfg.layers, key_rows, owner, value_rows, values, solve, "alphaedit", average_keys=True,
                    progress=progress)
+    # AlphaEdit keeps the keys of past edits (cache_c) so later edits leave them alone: the
+    # Delta carries its keys (a memory sums those of its live edits), and a sequential cache
+    # accumulates them.
+    keys, _ = keys_and_outputs(lm, key_rows, cfg.layers)
+    delta.keys = {layer: mean_by_owner(k, torch.tensor(owner), len(reqs)).float().cpu() for layer, k in keys.items()}
     if cache is not None and cache.sequential:
-        # AlphaEdit keeps the keys of past edits (cache_c) so later edits leave them alone.
-        keys, _ = keys_and_outputs(lm, key_rows, cfg.layers)
-        for layer, k in keys.items():
-            km = mean_by_owner(k, torch.tensor(owner), len(reqs))
+        for layer, km in delta.keys.items():
             prev[layer] = prev.get(layer, 0) + km.T @ km
     return delta
