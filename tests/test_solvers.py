@@ -146,3 +146,16 @@ def test_rows_tokenise_the_subject_as_real_text_does(lm, before):
     assert row.ids == lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert lm.tokenizer.decode(row.ids[row.lookups[0]]) == "arty"
     assert lm.tokenizer.decode(row.ids[row.scored[0] + 1:]) == " fishing"
+
+
+def test_alphaedit_projectors_are_computed_once_and_equal_a_fresh_svd(lm):
+    from rose_memory.editing.stats import moments_for, nullspace_projectors_for
+
+    cfg = config_for(lm.model, {"layers": [8]})
+    first = nullspace_projectors_for(lm, cfg)
+    again = nullspace_projectors_for(lm, cfg)
+    assert again[8] is first[8]
+    fresh = solvers.nullspace_projector(moments_for(lm, cfg)[8], cfg.nullspace_threshold)
+    assert torch.equal(first[8], fresh)
+    other = nullspace_projectors_for(lm, cfg.model_copy(update={"nullspace_threshold": 1e-3}))
+    assert not torch.equal(other[8], first[8])      # the threshold is part of the key

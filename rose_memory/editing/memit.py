@@ -18,7 +18,7 @@ from .contexts import generic_prefixes
 from .delta import Delta
 from .hooks import keys_and_outputs
 from .spread import mean_by_owner, spread
-from .stats import moments_for
+from .stats import moments_for, nullspace_projectors_for
 from .targets import TargetCache, optimize_values
 from .tokens import Row, build_row, split_prompt
 
@@ -93,8 +93,7 @@ def edit_memit(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache:
 def edit_alphaedit(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: TargetCache | None,
                    progress: bool = False) -> Delta:
     values = memit_targets(lm, reqs, cfg, cache, progress)
-    covs = moments_for(lm, cfg, progress)
-    projs = {l: solvers.nullspace_projector(c, cfg.nullspace_threshold) for l, c in covs.items()}
+    projs = nullspace_projectors_for(lm, cfg, progress)
     key_rows, owner = _key_rows(lm, reqs, cfg)
     value_rows = [_row(lm, "", r, i, False) for i, r in enumerate(reqs)]
     prev = cache.preserved if (cache is not None and cache.sequential) else {}

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..arch import get_module, spec_for
 from ..errors import RoseMemoryError
 from ..model import LoadedModel
-from .solvers import protect_projector
+from .solvers import nullspace_projector, protect_projector
 
 _memory: dict[str, torch.Tensor] = {}
 
@@ -138,5 +138,18 @@ def protectors_for(lm: LoadedModel, cfg, progress: bool = False) -> dict[int, to
         key = f"protect|{lm.name}|{_corpus_id(None, cfg.mom2_n_samples, cfg.mom2_sample_tokens, cfg.seed)}|{layer}|{cfg.iso_protect}"
         if key not in _memory:
             _memory[key] = protect_projector(cov, cfg.iso_protect)
+        out[layer] = _memory[key]
+    return out
+
+
+def nullspace_projectors_for(lm: LoadedModel, cfg, progress: bool = False) -> dict[int, torch.Tensor]:
+    """AlphaEdit's null-space projectors per edited layer, computed once per model, statistics
+    and threshold (an SVD per layer), as AlphaEdit's code computes P once before its edits."""
+    out = {}
+    for layer, cov in moments_for(lm, cfg, progress).items():
+        key = (f"null|{lm.name}|{_corpus_id(None, cfg.mom2_n_samples, cfg.mom2_sample_tokens, cfg.seed)}"
+               f"|{layer}|{cfg.nullspace_threshold}")
+        if key not in _memory:
+            _memory[key] = nullspace_projector(cov, cfg.nullspace_threshold)
         out[layer] = _memory[key]
     return out
