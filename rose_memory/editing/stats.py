@@ -130,26 +130,25 @@ def moments_for(lm: LoadedModel, cfg, progress: bool = False) -> dict[int, torch
                           seed=cfg.seed, progress=progress)
 
 
+def _per_layer(lm: LoadedModel, cfg, tag: str, param: float, make, progress: bool) -> dict[int, torch.Tensor]:
+    """make(cov, param) for each edited layer's statistics, memoised per model, statistics and param."""
+    out = {}
+    corpus = _corpus_id(None, cfg.mom2_n_samples, cfg.mom2_sample_tokens, cfg.seed)
+    for layer, cov in moments_for(lm, cfg, progress).items():
+        key = f"{tag}|{lm.name}|{corpus}|{layer}|{param}"
+        if key not in _memory:
+            _memory[key] = make(cov, param)
+        out[layer] = _memory[key]
+    return out
+
+
 def protectors_for(lm: LoadedModel, cfg, progress: bool = False) -> dict[int, torch.Tensor]:
     """RoSE's projectors off the shared key directions, per edited layer; computed once per
     model, statistics and energy (an eigendecomposition per layer, ~0.4 s each on 2 cores)."""
-    out = {}
-    for layer, cov in moments_for(lm, cfg, progress).items():
-        key = f"protect|{lm.name}|{_corpus_id(None, cfg.mom2_n_samples, cfg.mom2_sample_tokens, cfg.seed)}|{layer}|{cfg.iso_protect}"
-        if key not in _memory:
-            _memory[key] = protect_projector(cov, cfg.iso_protect)
-        out[layer] = _memory[key]
-    return out
+    return _per_layer(lm, cfg, "protect", cfg.iso_protect, protect_projector, progress)
 
 
 def nullspace_projectors_for(lm: LoadedModel, cfg, progress: bool = False) -> dict[int, torch.Tensor]:
     """AlphaEdit's null-space projectors per edited layer, computed once per model, statistics
     and threshold (an SVD per layer), as AlphaEdit's code computes P once before its edits."""
-    out = {}
-    for layer, cov in moments_for(lm, cfg, progress).items():
-        key = (f"null|{lm.name}|{_corpus_id(None, cfg.mom2_n_samples, cfg.mom2_sample_tokens, cfg.seed)}"
-               f"|{layer}|{cfg.nullspace_threshold}")
-        if key not in _memory:
-            _memory[key] = nullspace_projector(cov, cfg.nullspace_threshold)
-        out[layer] = _memory[key]
-    return out
+    return _per_layer(lm, cfg, "null", cfg.nullspace_threshold, nullspace_projector, progress)
