@@ -26,6 +26,14 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def cache_id(self) -> str:
+        """The model in cache keys (statistics, targets, sampled prefixes): bf16/fp16 weights sample other
+        text and reach other targets than float32 ones, so their caches are kept apart (float32 keys
+        stay the bare name, as before)."""
+        dtype = next(self.model.parameters()).dtype
+        return self.name if dtype == torch.float32 else f"{self.name}|{str(dtype).removeprefix('torch.')}"
+
 
 def embedded_dir() -> str:
     # Find the package folder without importing it: its __init__ imports llama-cpp, which we do not install.
@@ -41,9 +49,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as err:
         raise RoseMemoryError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RoseMemoryError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use cpu or auto")
+    return dev
 
 
 def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:

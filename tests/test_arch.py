@@ -165,3 +165,15 @@ def test_unknown_architecture_names_what_to_add():
 def test_known_architecture_with_wrong_paths_says_which_module():
     with pytest.raises(RoseMemoryError, match=r"model\.layers.*not found"):
         spec_for(_fake("llama"))
+
+
+def test_cache_id_keeps_low_precision_weights_apart():
+    # Statistics, targets and sampled prefixes cached for float32 weights must not serve bf16 ones.
+    import torch
+
+    from rose_memory.model import LoadedModel
+
+    lm = LoadedModel(model=torch.nn.Linear(4, 4), tokenizer=None, name="some/model")
+    assert lm.cache_id == "some/model"
+    lm.model.to(torch.bfloat16)
+    assert lm.cache_id == "some/model|bfloat16"

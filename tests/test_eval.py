@@ -149,7 +149,8 @@ def test_unknown_method():
     assert parse_methods("none, in-context") == ["none", "in-context"]
 
 
-@pytest.mark.parametrize("case", ["missing", "malformed", "placeholder", "method", "outdir", "setting", "set_form"])
+@pytest.mark.parametrize("case", ["missing", "malformed", "placeholder", "method", "outdir", "setting", "set_form",
+                                  "device", "dtype"])
 def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, capsys, case):
     import rose_memory.model
     from rose_memory.cli import main
@@ -178,7 +179,14 @@ def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, c
         extra, expect = ["--set", "stage_stepz=8"], "unknown editing setting(s) stage_stepz"
     elif case == "set_form":
         extra, expect = ["--set", "stage_steps"], "write KEY=VALUE"
-    code = main(["eval", "--data", data, "--methods", methods, "--mode", "batch", "--json", out, *extra])
+    elif case == "device":
+        extra, expect = ["--device", "tpu9"], "unknown device 'tpu9'"
+    elif case == "dtype":
+        extra, expect = ["--dtype", "float8"], "invalid choice: 'float8'"
+    try:
+        code = main(["eval", "--data", data, "--methods", methods, "--mode", "batch", "--json", out, *extra])
+    except SystemExit as exit_:  # argparse's own checks (choices) exit with 2
+        code = exit_.code
     assert code == 2
     assert expect in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()

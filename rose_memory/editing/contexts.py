@@ -26,7 +26,7 @@ _generic_cache: dict[tuple, list[str]] = {}
 
 def generic_prefixes(lm: LoadedModel, n: int, n_tokens: int, seed: int = 0) -> list[str]:
     """MEMIT's context templates: short texts the model samples itself, each followed by '. '."""
-    key = (lm.name, n, n_tokens, seed)
+    key = (lm.cache_id, n, n_tokens, seed)
     if key not in _generic_cache:
         tok, model = lm.tokenizer, lm.model
         starts = ["The", "Therefore", "Because", "I", "You"]

@@ -41,7 +41,7 @@ def memit_targets(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cac
                   progress: bool = False) -> torch.Tensor:
     """One value per request at layers[-1]: [n_requests, d_model] (the hidden state wanted there)."""
     z_layer = cfg.layers[-1]
-    key = TargetCache.key("memit-z", lm.name, [r.model_dump() for r in reqs], z_layer, cfg.v_steps, cfg.v_lr,
+    key = TargetCache.key("memit-z", lm.cache_id, [r.model_dump() for r in reqs], z_layer, cfg.v_steps, cfg.v_lr,
                           cfg.clamp_norm_factor, cfg.v_weight_decay, cfg.kl_factor, cfg.n_generic_contexts, cfg.seed, cfg.value_bf16)
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit

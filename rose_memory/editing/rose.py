@@ -96,7 +96,7 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
                  cache: TargetCache | None) -> torch.Tensor:
     """One value per subject at layers[-1]: [n_subjects, d_model]."""
     z = cfg.layers[-1]
-    key = TargetCache.key("rose-z", lm.name, {s: [r.model_dump() for r in rs] for s, rs in by_subject.items()},
+    key = TargetCache.key("rose-z", lm.cache_id, {s: [r.model_dump() for r in rs] for s, rs in by_subject.items()},
                           cfg.model_dump(include={"layers", "v_steps", "rose_lr", "clamp_norm_factor", "v_weight_decay",
                                                   "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts",
                                                   "hier", "stage_steps", "anchor_weight", "joint_steps", "seed", "flat_noise",

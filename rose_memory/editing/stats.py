@@ -70,7 +70,7 @@ def second_moments(lm: LoadedModel, layers: list[int], corpus: str | None = None
                    n_tokens: int = 64, seed: int = 0, progress: bool = False) -> dict[int, torch.Tensor]:
     """E[k k^T] of the MLP-out input over the corpus's tokens, per layer: {layer: [d_in, d_in]} float32."""
     cid = _corpus_id(corpus, n_samples, n_tokens, seed)
-    keys = {l: hashlib.sha256(f"{lm.name}|{cid}|{l}".encode()).hexdigest()[:24] for l in layers}
+    keys = {l: hashlib.sha256(f"{lm.cache_id}|{cid}|{l}".encode()).hexdigest()[:24] for l in layers}
     out: dict[int, torch.Tensor] = {}
     todo = []
     for l, k in keys.items():
@@ -135,7 +135,7 @@ def _per_layer(lm: LoadedModel, cfg, tag: str, param: float, make, progress: boo
     out = {}
     corpus = _corpus_id(None, cfg.mom2_n_samples, cfg.mom2_sample_tokens, cfg.seed)
     for layer, cov in moments_for(lm, cfg, progress).items():
-        key = f"{tag}|{lm.name}|{corpus}|{layer}|{param}"
+        key = f"{tag}|{lm.cache_id}|{corpus}|{layer}|{param}"
         if key not in _memory:
             _memory[key] = make(cov, param)
         out[layer] = _memory[key]

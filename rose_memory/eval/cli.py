@@ -22,6 +22,10 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="FILE", help="benchmark file (.jsonl, one subject a line)")
     p.add_argument("--locality", metavar="FILE", help="locality prompts (.jsonl with prompt and answer)")
     p.add_argument("--model", metavar="M", default=None, help="model: embedded default, a path, a hub id or a .gguf")
+    p.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights' dtype: auto is float32 on the CPU and bfloat16 on CUDA; "
+                        "editing maths runs in float32 regardless")
     p.add_argument("--methods", required=True, metavar="LIST", help=f"comma-separated, from: {','.join(ALL_METHODS)}")
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--limit", type=int, metavar="N", help="only the first N subjects")
@@ -48,9 +52,9 @@ def _check_output(path: str, what: str) -> None:
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (for the report)."""
     parts = ["rose-memory", "eval"]
-    for flag in ("data", "locality", "model", "methods", "mode", "limit", "seed", "json", "report", "answers"):
+    for flag in ("data", "locality", "model", "device", "dtype", "methods", "mode", "limit", "seed", "json", "report", "answers"):
         value = getattr(args, flag, None)
-        if value is not None:
+        if value is not None and not (flag in ("device", "dtype") and value == "auto"):
             parts += [f"--{flag}", str(value)]
     for item in getattr(args, "settings", None) or []:
         parts += ["--set", item]
@@ -101,11 +105,12 @@ def run_command(args: argparse.Namespace) -> int:
         except OSError as err:
             raise RoseMemoryError(f"--report {args.report}: cannot create the folder ({err})") from None
 
-    from ..model import load_cached
+    from ..model import load_cached, resolve_device
     from .report import markdown_table, write_answers, write_json, write_report
     from .runner import EvalRun, Runner
 
-    lm = load_cached(args.model)
+    resolve_device(args.device)  # a bad --device is an error before the model loads
+    lm = load_cached(args.model, args.device, args.dtype)
     runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=True,
                     keep_records=bool(args.answers), edit_config=settings)
     run = EvalRun(model=lm.name, data=args.data, mode=args.mode)
