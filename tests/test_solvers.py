@@ -159,3 +159,26 @@ def test_alphaedit_projectors_are_computed_once_and_equal_a_fresh_svd(lm):
     assert torch.equal(first[8], fresh)
     other = nullspace_projectors_for(lm, cfg.model_copy(update={"nullspace_threshold": 1e-3}))
     assert not torch.equal(other[8], first[8])      # the threshold is part of the key
+
+
+def test_warm_up_computes_what_each_method_reuses(lm, monkeypatch):
+    # The eval and the speed benchmark time writes after warm_up: nothing one-off may be left.
+    from rose_memory.editing import stats, warm_up
+
+    called = []
+    for name in ("moments_for", "protectors_for", "nullspace_projectors_for"):
+        real = getattr(stats, name)
+        monkeypatch.setattr(stats, name, lambda *a, _real=real, _name=name, **k: (called.append(_name), _real(*a, **k))[1])
+    over = {"layers": [8]}
+    for method, wanted in [("rose", "protectors_for"), ("rose-no-hier", "protectors_for"),
+                           ("rose-no-iso", "moments_for"), ("memit", "moments_for"),
+                           ("alphaedit", "nullspace_projectors_for")]:
+        called.clear()
+        warm_up(lm, method, over)
+        assert called and called[0] == wanted, (method, called)   # (projectors read the moments after)
+    called.clear()
+    warm_up(lm, "lora", over)
+    warm_up(lm, "rose", {**over, "iso_protect": 0.0})   # nothing to protect, no statistics
+    assert called == []
+    with pytest.raises(RoseMemoryError, match="unknown method 'rosy'"):
+        warm_up(lm, "rosy")

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..editing import METHODS as EDIT_METHODS
-from ..editing import edit
+from ..editing import edit, warm_up
 from ..editing.config import config_for
 from ..errors import RoseMemoryError
 from ..model import LoadedModel
@@ -323,6 +323,8 @@ class Runner:
         random.seed(self.seed)
         torch.manual_seed(self.seed)
         tally = _Tally(method, self.keep_records)
+        if method in EDIT_METHODS:  # one-off statistics and projectors, outside the timed writes
+            warm_up(self.lm, method, self.edit_config, progress=self.progress)
         self._write_seconds, self._writes = 0.0, 0
         if self.mode == "batch":
             self._batch(method, tally)
