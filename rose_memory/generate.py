@@ -48,9 +48,15 @@ def eos_ids(lm: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    # transformers 5 renamed `past_key_values` to `cache`.
+def cache_kwarg(model: torch.nn.Module) -> str:
+    # transformers 5 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40).
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The key/value cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _new_cache(model: torch.nn.Module):
@@ -103,7 +109,7 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
     kwargs = {}
     with torch.no_grad():
         if shared:
-            key = _cache_kwarg(model)
+            key = cache_kwarg(model)
             prefix = tuple(rows[0][:shared])
             if prefixes is not None and prefix in prefixes:
                 cache = copy.deepcopy(prefixes[prefix])

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..arch import get_module, spec_for
+from ..generate import cache_kwarg, output_cache
 from ..model import LoadedModel
 from .hooks import add_at, add_at_block, out_tensor
 from .tokens import Row
@@ -108,8 +109,8 @@ def _prepare(lm: LoadedModel, idx: list[int], rows: list[Row], kl_rows: list[Row
     cache = None
     if has_prefix:
         with torch.no_grad():
-            cache = base(input_ids=pre_ids, attention_mask=pre_mask, position_ids=pre_pos,
-                         use_cache=True).past_key_values
+            cache = output_cache(base(input_ids=pre_ids, attention_mask=pre_mask, position_ids=pre_pos,
+                                      use_cache=True))
     n_main = len(rows)
     sc = [(loc, i, p - cut[loc]) for loc, i in enumerate(idx) if i < n_main for p in all_rows[i].scored]
     kl = [(loc, i - n_main, all_rows[i].lookups[-1] - cut[loc]) for loc, i in enumerate(idx) if i >= n_main]
@@ -191,7 +192,7 @@ def _suffix_hidden_full(lm: LoadedModel, b: dict, delta: torch.Tensor | None, la
     kwargs = {"attention_mask": b["mask"]}
     if b["cache"] is not None:
         # A fresh copy: the forward appends the suffix to the cache it is given.
-        kwargs["past_key_values"] = copy.deepcopy(b["cache"])
+        kwargs[cache_kwarg(base)] = copy.deepcopy(b["cache"])
     with add_at_block(model, layer, b["edits"], delta) if delta is not None else nullcontext():
         return base(input_ids=b["ids"], position_ids=b["pos"], use_cache=b["cache"] is not None,
                     **kwargs).last_hidden_state
