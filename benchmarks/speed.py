@@ -95,7 +95,6 @@ def main(argv=None) -> int:
             report[key] = round(secs / base if variant_on_top else base / secs, 3)
             print(f"rose {label} time ratio:", report[key])
             save()
-    save()
     return 0
 
 

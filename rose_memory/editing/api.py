@@ -14,6 +14,11 @@ from .targets import TargetCache
 METHODS = ("rose", "rose-no-iso", "rose-no-hier", "memit", "alphaedit", "lora")
 
 
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise RoseMemoryError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
 def method_config(lm: LoadedModel, method: str, config: EditConfig | dict | None = None) -> EditConfig:
     """The EditConfig a method runs with: the model's preset, the overrides, the ablation's switch."""
     if isinstance(config, EditConfig):
@@ -31,8 +36,7 @@ def warm_up(lm: LoadedModel, method: str, config: EditConfig | dict | None = Non
     """Compute once what every write of `method` reuses: the key statistics (cached on disk), RoSE's
     protectors and AlphaEdit's null-space projectors (memoised per process). The eval and the speed
     benchmark call it before timing, so their seconds per write are those of a memory that is up."""
-    if method not in METHODS:
-        raise RoseMemoryError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    _check_method(method)
     from . import stats
 
     cfg = method_config(lm, method, config)
@@ -55,8 +59,7 @@ def edit(lm: LoadedModel, requests, method: str = "rose", config: EditConfig | d
     share a subject. The model's weights are the same before and after the call. `cache`
     shares computed target values between methods that use the same ones.
     """
-    if method not in METHODS:
-        raise RoseMemoryError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    _check_method(method)
     if not isinstance(lm, LoadedModel):
         raise RoseMemoryError("edit() takes a LoadedModel (rose_memory.model.load_model(...))")
     reqs = make_requests(requests)
