@@ -46,6 +46,50 @@ def test_keep_rows_cover_the_name_and_the_chat_question_but_not_the_edit_positio
     assert "Tell me about" in kept and "assistant" in kept
 
 
+@pytest.mark.parametrize("mode", ["object", "restate", "off"])
+def test_the_relation_question_row_follows_its_setting(lm, mode):
+    req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
+    cfg = config_for(lm.model, {"relation_question": mode})
+    rows = target_rows(lm, req, 0, cfg)
+    base = target_rows(lm, req, 0, config_for(lm.model, {"relation_question": "off"}))
+    assert len(rows) == len(base) + (mode != "off")
+    if mode == "off":
+        return
+    last, tok = rows[-1], lm.tokenizer
+    text = tok.decode(last.ids)
+    assert "Larkspur Quennell lives in the city of?" in text          # the user asks in the edit's words
+    scored = tok.decode([last.ids[p + 1] for p in last.scored]).strip()
+    # object first: only the object is scored; restate: the restated name, then the object
+    assert scored == ("Lisbon" if mode == "object" else "Larkspur Quennell Lisbon")
+    assert text.rstrip().endswith("Lisbon")
+    if mode == "restate":
+        assert text.count("Larkspur Quennell lives in the city of") == 2   # asked, then restated
+        assert len(last.lookups) == 2                                      # both mentions carry the value
+
+
+@pytest.mark.parametrize("stage_rows,expect", [("new", [1, 1, 1, 3]), ("all", [1, 2, 3, 3])])
+def test_each_stage_fits_the_relations_its_setting_names(lm, monkeypatch, stage_rows, expect):
+    from collections import OrderedDict
+
+    from rose_memory.editing import rose
+
+    facts = [EditRequest(subject="Larkspur Quennell", prompt=p, target=t)
+             for p, t in [("{} lives in the city of", "Lisbon"), ("{} works as a", "dentist"),
+                          ("{}'s favorite color is", "green")]]
+    calls = []
+
+    def fake(lm, layer, rows, kl_rows, init, start, steps, **kw):   # record, optimise nothing
+        calls.append((len(rows), kw.get("anchor") is not None))
+        return start, {"kl_ref": None}
+
+    monkeypatch.setattr(rose, "optimize_values", fake)
+    cfg = config_for(lm.model, {"stage_rows": stage_rows})
+    rose.rose_targets(lm, OrderedDict([("Larkspur Quennell", facts)]), cfg, cache=None)
+    per_fact = len(target_rows(lm, facts[0], 0, cfg))
+    assert [n / per_fact for n, _ in calls] == expect                 # three stages, then the joint refinement
+    assert [a for _, a in calls] == [False, True, True, True]         # every stage after the first is anchored
+
+
 def test_replaying_only_the_upper_blocks_equals_the_full_forward(lm):
     cfg = config_for(lm.model)
     req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")

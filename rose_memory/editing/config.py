@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RoseMemoryError
@@ -35,6 +37,11 @@ class EditConfig(BaseModel):
     iso_protect: float = Field(0.8, ge=0.0, lt=1.0)  # share of generic key energy whose directions the update avoids
     keep_weight: float = Field(1.0, ge=0.0)  # weight of "leave these keys alone" rows (name, chat template)
     chat_contexts: bool = True       # align keys and targets inside the chat template too
+    # The chat row that asks with the relation's own words ("S lives in the city of?"): "object"
+    # scores the object as the reply's first word (until session 8; its target probability
+    # stayed under 0.15, so that one row's loss drove the value), "restate" scores a reply that
+    # restates the fact, "off" (default) leaves it out. Measured: README, session 8.
+    relation_question: Literal["object", "restate", "off"] = "off"
     name_rows: bool = False          # score the restated name after generic questions (keeps the name intact)
     # RoSE's rows encode each text piece as written ("about " + "Ann": a lone space token, then
     # "Ann"), not as the joined text tokenises (" Ann"), which the baselines use (MEMIT's way).
@@ -44,6 +51,10 @@ class EditConfig(BaseModel):
     # RoSE: Hierarchical Knowledge Integration.
     hier: bool = True
     stage_steps: int = 12
+    # Which rows a stage optimises: "new" (default) = relation j alone, kept close to stage j-1
+    # by the anchor, the joint refinement then fits all; "all" (until session 8) = relations
+    # 1..j, each stage re-fitting the earlier ones. Measured: README, session 8.
+    stage_rows: Literal["all", "new"] = "new"
     anchor_weight: float = 1.0       # keeps each stage close to the previous one
     joint_steps: int = 15
     flat_noise: float = Field(0.0, ge=0.0)  # value noise per step, relative to the hidden norm (flat minimum)

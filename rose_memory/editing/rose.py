@@ -4,8 +4,9 @@
    after generic text, in a chat user turn, restated in the assistant reply) each map to the
    subject's change; the solve is minimum-norm (C -> lam I), no covariance weighting.
 2. Hierarchical Knowledge Integration: ONE value per subject carries all its relations. It is
-   built in stages (relation 1, then relations 1-2, ..., each stage starting from and anchored
-   to the last), then refined jointly; the value is then spread over the edited layers.
+   built in stages (relation 1, then relation 2, ..., each stage starting from and anchored
+   to the last; `stage_rows="all"` re-fits relations 1..j at stage j), then refined jointly on
+   all relations; the value is then spread over the edited layers.
 `iso=False` swaps in MEMIT's covariance solve; `hier=False` optimises the value jointly in one go.
 """
 
@@ -56,8 +57,14 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
         for ask in OPEN_REQUESTS:
             rows.append(build_row(lm, _in_chat(lm, ask.format(s), s, before)
                                   + [("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
-        # The user asks with the relation's own words; the assistant answers with the object first.
-        rows.append(build_row(lm, _in_chat(lm, f"{before}{s}{after}?".strip(), s) + [("scored", t)], natural))
+        # The user asks with the relation's own words; the assistant answers with the object
+        # first, or restates the fact.
+        ask = f"{before}{s}{after}?".strip()
+        if cfg.relation_question == "object":
+            rows.append(build_row(lm, _in_chat(lm, ask, s) + [("scored", t)], natural))
+        elif cfg.relation_question == "restate":
+            rows.append(build_row(lm, _in_chat(lm, ask, s, before)
+                                  + [("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
     return [_tagged(r, group) for r in rows]
 
 
@@ -100,7 +107,8 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
                           cfg.model_dump(include={"layers", "v_steps", "rose_lr", "clamp_norm_factor", "v_weight_decay",
                                                   "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts",
                                                   "hier", "stage_steps", "anchor_weight", "joint_steps", "seed", "flat_noise",
-                                                  "name_rows", "natural_tokens", "value_bf16"}))
+                                                  "name_rows", "natural_tokens", "value_bf16",
+                                                  "relation_question", "stage_rows"}))
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     natural = cfg.natural_tokens
@@ -121,8 +129,9 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
     if cfg.hier:
         n_stages = max(len(v) for v in rows_of.values())
         for stage in range(n_stages):
-            # Stage j adds relation j to those already integrated, starting from and anchored to stage j-1.
-            rows = [row for g in rows_of for fact_rows in rows_of[g][: stage + 1] for row in fact_rows]
+            # Stage j integrates relation j (with "all": relations 1..j), starting from and anchored to stage j-1.
+            first = stage if cfg.stage_rows == "new" else 0
+            rows = [row for g in rows_of for fact_rows in rows_of[g][first: stage + 1] for row in fact_rows]
             anchor = delta.clone() if stage > 0 else None
             delta, info = optimize_values(lm, z, rows, kl, init, delta, cfg.stage_steps, anchor=anchor,
                                           anchor_weight=cfg.anchor_weight, kl_ref=kl_ref, **opt)
