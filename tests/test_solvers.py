@@ -67,27 +67,32 @@ def test_the_relation_question_row_follows_its_setting(lm, mode):
         assert len(last.lookups) == 2                                      # both mentions carry the value
 
 
-@pytest.mark.parametrize("stage_rows,expect", [("new", [1, 1, 1, 3]), ("all", [1, 2, 3, 3])])
+@pytest.mark.parametrize("stage_rows,expect", [
+    ("new", [["Lisbon"], ["dentist"], ["green"], ["Lisbon", "dentist", "green"]]),
+    ("all", [["Lisbon"], ["Lisbon", "dentist"], ["Lisbon", "dentist", "green"], ["Lisbon", "dentist", "green"]])])
 def test_each_stage_fits_the_relations_its_setting_names(lm, monkeypatch, stage_rows, expect):
     from collections import OrderedDict
 
     from rose_memory.editing import rose
 
+    targets_ = ["Lisbon", "dentist", "green"]
     facts = [EditRequest(subject="Larkspur Quennell", prompt=p, target=t)
-             for p, t in [("{} lives in the city of", "Lisbon"), ("{} works as a", "dentist"),
-                          ("{}'s favorite color is", "green")]]
+             for p, t in zip(["{} lives in the city of", "{} works as a", "{}'s favorite color is"], targets_)]
     calls = []
 
     def fake(lm, layer, rows, kl_rows, init, start, steps, **kw):   # record, optimise nothing
-        calls.append((len(rows), kw.get("anchor") is not None))
+        texts = [lm.tokenizer.decode(r.ids) for r in rows]
+        calls.append(([t for t in targets_ if any(x.rstrip().endswith(t) for x in texts)],
+                      len(rows), kw.get("anchor") is not None))
         return start, {"kl_ref": None}
 
     monkeypatch.setattr(rose, "optimize_values", fake)
     cfg = config_for(lm.model, {"stage_rows": stage_rows})
     rose.rose_targets(lm, OrderedDict([("Larkspur Quennell", facts)]), cfg, cache=None)
     per_fact = len(target_rows(lm, facts[0], 0, cfg))
-    assert [n / per_fact for n, _ in calls] == expect                 # three stages, then the joint refinement
-    assert [a for _, a in calls] == [False, True, True, True]         # every stage after the first is anchored
+    assert [c[0] for c in calls] == expect                            # three stages, then the joint refinement
+    assert [c[1] for c in calls] == [per_fact * len(e) for e in expect]
+    assert [c[2] for c in calls] == [False, True, True, True]         # every stage after the first is anchored
 
 
 def test_replaying_only_the_upper_blocks_equals_the_full_forward(lm):
