@@ -52,19 +52,16 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
     for c in ctxs:
         rows.append(build_row(lm, [("text", c + before), ("subject", s), ("text", after), ("scored", " " + t)], natural))
     if cfg.chat_contexts:
-        # The user names the subject; the assistant restates the fact (the restated name is
-        # scored too, so the edit keeps it intact).
-        for ask in OPEN_REQUESTS:
-            rows.append(build_row(lm, _in_chat(lm, ask.format(s), s, before)
-                                  + [("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
-        # The user asks with the relation's own words; the assistant answers with the object
-        # first, or restates the fact.
-        ask = f"{before}{s}{after}?".strip()
-        if cfg.relation_question == "object":
-            rows.append(build_row(lm, _in_chat(lm, ask, s) + [("scored", t)], natural))
-        elif cfg.relation_question == "restate":
+        # The user names the subject (an open request, or, with "restate", the relation's own
+        # words as a question); the assistant restates the fact (the restated name is scored
+        # too, so the edit keeps it intact).
+        question = f"{before}{s}{after}?".strip()
+        asks = [a.format(s) for a in OPEN_REQUESTS] + ([question] if cfg.relation_question == "restate" else [])
+        for ask in asks:
             rows.append(build_row(lm, _in_chat(lm, ask, s, before)
                                   + [("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
+        if cfg.relation_question == "object":   # the same question, answered with the object first
+            rows.append(build_row(lm, _in_chat(lm, question, s) + [("scored", t)], natural))
     return [_tagged(r, group) for r in rows]
 
 
@@ -123,7 +120,7 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
     opt = dict(lr=cfg.rose_lr, clamp_norm_factor=cfg.clamp_norm_factor, weight_decay=cfg.v_weight_decay,
                kl_factor=cfg.kl_factor, stop_prob=cfg.stop_prob, batched=cfg.batched, upper_only=cfg.upper_only,
                noise=cfg.flat_noise, bf16=cfg.value_bf16)
-    opt["prepared"] = {}   # the joint refinement reuses the last stage's buckets (same rows)
+    opt["prepared"] = {}   # with stage_rows="all", the joint refinement reuses the last stage's buckets (same rows)
     delta = torch.zeros_like(init)
     kl_ref = None
     if cfg.hier:
