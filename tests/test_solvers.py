@@ -133,7 +133,8 @@ def test_value_optimisation_raises_the_target_in_both_precisions(lm, bf16):
     assert min(after["probs"]) > max(before["probs"])
 
 
-@pytest.mark.parametrize("override", [{"iso_protect": 1.0}, {"iso_protect": -0.1}, {"keep_weight": -1.0}])
+@pytest.mark.parametrize("override", [{"iso_protect": 1.0}, {"iso_protect": -0.1}, {"keep_weight": -1.0},
+                                      {"relation_question": "sometimes"}, {"stage_rows": "old"}])
 def test_out_of_range_rose_settings_are_the_projects_error(lm, override):
     with pytest.raises(RoseMemoryError, match=next(iter(override))):
         config_for(lm.model, override)
