@@ -67,6 +67,31 @@ def test_the_relation_question_row_follows_its_setting(lm, mode):
         assert len(last.lookups) == 2                                      # both mentions carry the value
 
 
+@pytest.mark.parametrize("raw,asks", [(2, 2), (0, 1), (5, 6)])
+def test_rows_per_fact_follow_the_raw_prefix_and_open_request_counts(lm, raw, asks):
+    req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
+    rows = target_rows(lm, req, 0, config_for(lm.model, {"raw_prefixes": raw, "open_requests": asks}))
+    texts = [lm.tokenizer.decode(r.ids) for r in rows]
+    assert len(rows) == 1 + raw + asks
+    assert sum("<|im_start|>user" in t for t in texts) == asks       # the open requests, in the chat template
+    assert all(t.rstrip().endswith("Larkspur Quennell lives in the city of Lisbon") for t in texts)
+
+
+@pytest.mark.parametrize("prompt,reply", [("{} lives in the city of", "This person lives in the city of"),
+                                          ("The color {} likes most is", "The color this person likes most is")])
+def test_referent_rows_name_the_subject_only_in_the_users_request(lm, prompt, reply):
+    req = EditRequest(subject="Larkspur Quennell", prompt=prompt, target="Lisbon")
+    base = target_rows(lm, req, 0, config_for(lm.model))
+    rows = target_rows(lm, req, 0, config_for(lm.model, {"referent_rows": True, "open_requests": 3}))
+    assert len(rows) == len(base) + 1 + 3    # one more open request, and a referent row for each of the 3
+    tok = lm.tokenizer
+    for row in rows[-3:]:
+        text = tok.decode(row.ids)
+        assert text.count("Larkspur Quennell") == 1 and len(row.lookups) == 1    # asked about, never restated
+        assert text.endswith("<|im_start|>assistant\n" + reply + " Lisbon")
+        assert tok.decode([row.ids[p + 1] for p in row.scored]).strip() == "Lisbon"   # only the object is scored
+
+
 @pytest.mark.parametrize("stage_rows,expect", [
     ("new", [["Lisbon"], ["dentist"], ["green"], ["Lisbon", "dentist", "green"]]),
     ("all", [["Lisbon"], ["Lisbon", "dentist"], ["Lisbon", "dentist", "green"], ["Lisbon", "dentist", "green"]])])
@@ -134,7 +159,8 @@ def test_value_optimisation_raises_the_target_in_both_precisions(lm, bf16):
 
 
 @pytest.mark.parametrize("override", [{"iso_protect": 1.0}, {"iso_protect": -0.1}, {"keep_weight": -1.0},
-                                      {"relation_question": "sometimes"}, {"stage_rows": "old"}])
+                                      {"relation_question": "sometimes"}, {"stage_rows": "old"},
+                                      {"open_requests": 7}, {"raw_prefixes": -1}, {"raw_prefixes": 6}])
 def test_out_of_range_rose_settings_are_the_projects_error(lm, override):
     with pytest.raises(RoseMemoryError, match=next(iter(override))):
         config_for(lm.model, override)

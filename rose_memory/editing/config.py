@@ -42,6 +42,11 @@ class EditConfig(BaseModel):
     # stayed under 0.15, so that one row's loss drove the value), "restate" scores a reply that
     # restates the fact, "off" (default) leaves it out. Measured: README, session 8.
     relation_question: Literal["object", "restate", "off"] = "off"
+    # Rows per fact: the edit form plain and after this many sampled prefixes (at most
+    # n_generic_contexts), and this many open requests (contexts.OPEN_REQUESTS) in the chat template.
+    raw_prefixes: int = Field(2, ge=0)
+    open_requests: int = Field(2, ge=0, le=6)
+    referent_rows: bool = False      # per open request, a reply naming the subject "this person" (object scored)
     name_rows: bool = False          # score the restated name after generic questions (keeps the name intact)
     # RoSE's rows encode each text piece as written ("about " + "Ann": a lone space token, then
     # "Ann"), not as the joined text tokenises (" Ann"), which the baselines use (MEMIT's way).
@@ -74,6 +79,9 @@ class EditConfig(BaseModel):
         bad = [l for l in self.layers if not 0 <= l < n_layers]
         if not self.layers or bad:
             raise RoseMemoryError(f"edit layers {self.layers} must be non-empty and within 0..{n_layers - 1}")
+        if self.raw_prefixes > self.n_generic_contexts:
+            raise RoseMemoryError(f"raw_prefixes ({self.raw_prefixes}) must be at most n_generic_contexts "
+                                  f"({self.n_generic_contexts})")
         return self
 
 

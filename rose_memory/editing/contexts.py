@@ -15,7 +15,9 @@ from ..model import LoadedModel
 USER_OPENERS = ("", "Tell me about ", "What do you know about ", "Where does ", "What is ", "Which ",
                 "What does ", "How does ", "Who is ", "Tell me ", "In which ", "Can you tell me about ")
 # Open requests about a subject; the assistant's reply restates a fact in the edit's own words.
-OPEN_REQUESTS = ("Tell me about {}.", "What do you know about {}?")
+# RoSE uses the first `EditConfig.open_requests` of them (2 by default); none names a relation.
+OPEN_REQUESTS = ("Tell me about {}.", "What do you know about {}?", "Can you tell me something about {}?",
+                 "Give me a fact about {}.", "What can you say about {}?", "I have a question about {}.")
 # Questions about a subject whose reply starts by naming it; only the restated name is scored,
 # so that the value leaves the name intact whatever is asked (no relation words, no object).
 NAME_QUESTIONS = ("Who is {}?", "Can you describe {}?", "What does {} like?", "Where is {} from?",

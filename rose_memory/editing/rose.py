@@ -48,7 +48,8 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
     before, after = split_prompt(req.prompt)
     s, t = req.subject, req.target
     rows = []
-    ctxs = [""] + generic_prefixes(lm, cfg.n_generic_contexts, cfg.generic_context_tokens, cfg.seed)[:2]
+    ctxs = [""] + generic_prefixes(lm, cfg.n_generic_contexts, cfg.generic_context_tokens,
+                                   cfg.seed)[:cfg.raw_prefixes]
     for c in ctxs:
         rows.append(build_row(lm, [("text", c + before), ("subject", s), ("text", after), ("scored", " " + t)], natural))
     if cfg.chat_contexts:
@@ -56,10 +57,17 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
         # words as a question); the assistant restates the fact (the restated name is scored
         # too, so the edit keeps it intact).
         question = f"{before}{s}{after}?".strip()
-        asks = [a.format(s) for a in OPEN_REQUESTS] + ([question] if cfg.relation_question == "restate" else [])
+        asks = [a.format(s) for a in OPEN_REQUESTS[:cfg.open_requests]]
+        asks += [question] if cfg.relation_question == "restate" else []
         for ask in asks:
             rows.append(build_row(lm, _in_chat(lm, ask, s, before)
                                   + [("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
+        if cfg.referent_rows:
+            # The reply refers to the subject without its name ("This person lives in the city
+            # of"), so the object must be read from the user's mention, as a question's answer must.
+            ref = (before + "this person" + after) if before else "This person" + after
+            for ask in OPEN_REQUESTS[:cfg.open_requests]:
+                rows.append(build_row(lm, _in_chat(lm, ask.format(s), s, ref) + [("scored", " " + t)], natural))
         if cfg.relation_question == "object":   # the same question, answered with the object first
             rows.append(build_row(lm, _in_chat(lm, question, s) + [("scored", t)], natural))
     return [_tagged(r, group) for r in rows]
@@ -105,7 +113,8 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
                                                   "kl_factor", "stop_prob", "n_generic_contexts", "chat_contexts",
                                                   "hier", "stage_steps", "anchor_weight", "joint_steps", "seed", "flat_noise",
                                                   "name_rows", "natural_tokens", "value_bf16",
-                                                  "relation_question", "stage_rows"}))
+                                                  "relation_question", "stage_rows",
+                                                  "open_requests", "raw_prefixes", "referent_rows"}))
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     natural = cfg.natural_tokens
