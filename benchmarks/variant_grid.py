@@ -13,9 +13,9 @@ a run cut short keeps what it measured. Seed 0 of every variant runs before seed
 summary compares variants on the jobs that every variant finished, question by question
 against the first variant (how many answered by both, by only one).
 
-Why: on one GPU a single eval process keeps the card busy a small part of the time (a write
-is many small launches); 14 processes on an H200 finished 216 one-subject jobs in 12 minutes
-(session 9), several dev-split runs' worth.
+Why: a write is many small launches, so one eval process leaves a GPU idle much of the time
+(our reading, not profiled); 14 processes on an H200 held it at 100% utilisation and finished
+216 one-subject jobs in 12 minutes (session 9), several dev-split runs' worth.
 """
 
 from __future__ import annotations
