@@ -150,7 +150,7 @@ def test_unknown_method():
 
 
 @pytest.mark.parametrize("case", ["missing", "malformed", "placeholder", "method", "outdir", "setting", "set_form",
-                                  "device", "dtype"])
+                                  "set_value", "device", "dtype"])
 def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, capsys, case):
     import rose_memory.model
     from rose_memory.cli import main
@@ -179,6 +179,8 @@ def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, c
         extra, expect = ["--set", "stage_stepz=8"], "unknown editing setting(s) stage_stepz"
     elif case == "set_form":
         extra, expect = ["--set", "stage_steps"], "write KEY=VALUE"
+    elif case == "set_value":   # a value out of range, with the other settings: refused before loading
+        extra, expect = ["--set", "raw_prefixes=6"], "raw_prefixes: Value error, must be at most n_generic_contexts (5)"
     elif case == "device":
         extra, expect = ["--device", "tpu9"], "unknown device 'tpu9'"
     elif case == "dtype":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..errors import RoseMemoryError
 
@@ -75,13 +75,19 @@ class EditConfig(BaseModel):
     lora_lr: float = 5e-3
     seed: int = 0
 
+    @field_validator("raw_prefixes")
+    @classmethod
+    def _raw_prefixes_sampled(cls, v: int, info: ValidationInfo) -> int:
+        # Checked with the settings, not with the model, so that `--set` refuses it before loading.
+        n = info.data.get("n_generic_contexts")
+        if n is not None and v > n:
+            raise ValueError(f"must be at most n_generic_contexts ({n})")
+        return v
+
     def checked(self, n_layers: int) -> "EditConfig":
         bad = [l for l in self.layers if not 0 <= l < n_layers]
         if not self.layers or bad:
             raise RoseMemoryError(f"edit layers {self.layers} must be non-empty and within 0..{n_layers - 1}")
-        if self.raw_prefixes > self.n_generic_contexts:
-            raise RoseMemoryError(f"raw_prefixes ({self.raw_prefixes}) must be at most n_generic_contexts "
-                                  f"({self.n_generic_contexts})")
         return self
 
 

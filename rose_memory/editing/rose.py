@@ -57,17 +57,16 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
         # words as a question); the assistant restates the fact (the restated name is scored
         # too, so the edit keeps it intact).
         question = f"{before}{s}{after}?".strip()
-        asks = [a.format(s) for a in OPEN_REQUESTS[:cfg.open_requests]]
-        asks += [question] if cfg.relation_question == "restate" else []
-        for ask in asks:
+        opens = [a.format(s) for a in OPEN_REQUESTS[:cfg.open_requests]]
+        for ask in opens + ([question] if cfg.relation_question == "restate" else []):
             rows.append(build_row(lm, _in_chat(lm, ask, s, before)
                                   + [("subject_scored", s), ("text", after), ("scored", " " + t)], natural))
         if cfg.referent_rows:
             # The reply refers to the subject without its name ("This person lives in the city
             # of"), so the object must be read from the user's mention, as a question's answer must.
             ref = (before + "this person" + after) if before else "This person" + after
-            for ask in OPEN_REQUESTS[:cfg.open_requests]:
-                rows.append(build_row(lm, _in_chat(lm, ask.format(s), s, ref) + [("scored", " " + t)], natural))
+            for ask in opens:
+                rows.append(build_row(lm, _in_chat(lm, ask, s, ref) + [("scored", " " + t)], natural))
         if cfg.relation_question == "object":   # the same question, answered with the object first
             rows.append(build_row(lm, _in_chat(lm, question, s) + [("scored", t)], natural))
     return [_tagged(r, group) for r in rows]
