@@ -67,6 +67,7 @@ def work(args, qdir: Path, rdir: Path) -> None:
     subjects, loc = load_benchmark(args.data), load_locality(args.locality)
     settings = dict(args.variants)
     deadline = time.time() + args.limit_seconds
+    clean = None   # the unedited model's answers and perplexity: the same for every job (each job reverts its edit)
     while time.time() < deadline:
         jobs = sorted(os.listdir(qdir))
         if not jobs:
@@ -77,8 +78,12 @@ def work(args, qdir: Path, rdir: Path) -> None:
             continue
         _, name, seed, s = jobs[0].split("__")
         t = time.time()
-        r = Runner(lm, [subjects[int(s)]], loc, mode="batch", seed=int(seed), progress=False,
-                   keep_records=True, edit_config=settings[name]).run(["rose"])[0]
+        runner = Runner(lm, [subjects[int(s)]], loc, mode="batch", seed=int(seed), progress=False,
+                        keep_records=True, edit_config=settings[name])
+        if clean is not None:
+            runner.answerer, runner.ppl_before = clean
+        r = runner.run(["rose"])[0]
+        clean = runner.answerer, runner.ppl_before
         out = {"variant": name, "settings": settings[name], "seed": int(seed), "subject": int(s),
                "metrics": r.metrics, "n_probes": r.n_probes, "seconds_per_write": r.seconds_per_write,
                "records": r.records}
