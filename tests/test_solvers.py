@@ -91,6 +91,19 @@ def test_referent_rows_name_the_subject_only_in_the_users_request(lm, prompt, re
         assert text.endswith("<|im_start|>assistant\n" + reply + " Lisbon")
         assert tok.decode([row.ids[p + 1] for p in row.scored]).strip() == "Lisbon"   # only the object is scored
 
+@pytest.mark.parametrize("on", [False, True])
+def test_reply_relation_scores_the_relation_words_only_in_chat_replies(lm, on):
+    req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
+    rows = target_rows(lm, req, 0, config_for(lm.model, {"reply_relation": on}))
+    tok = lm.tokenizer
+    for row in rows:
+        scored = tok.decode([row.ids[p + 1] for p in row.scored]).strip()
+        if "<|im_start|>assistant" not in tok.decode(row.ids):
+            assert scored == "Lisbon"                                  # raw rows: the object alone either way
+        else:
+            assert scored == ("Larkspur Quennell lives in the city of Lisbon" if on else "Larkspur Quennell Lisbon")
+
+
 
 @pytest.mark.parametrize("stage_rows,expect", [
     ("new", [["Lisbon"], ["dentist"], ["green"], ["Lisbon", "dentist", "green"]]),

@@ -47,6 +47,10 @@ class EditConfig(BaseModel):
     raw_prefixes: int = Field(2, ge=0)
     open_requests: int = Field(2, ge=0, le=6)
     referent_rows: bool = False      # per open request, a reply naming the subject "this person" (object scored)
+    # Score the relation's words after the name restated in a chat reply ("S| lives in the city
+    # of| X"), not only the name and the object: answers to questions that restate the name
+    # mostly go on "S is a ..." (a made-up description) and never reach the fact.
+    reply_relation: bool = False
     name_rows: bool = False          # score the restated name after generic questions (keeps the name intact)
     # RoSE's rows encode each text piece as written ("about " + "Ann": a lone space token, then
     # "Ann"), not as the joined text tokenises (" Ann"), which the baselines use (MEMIT's way).
