@@ -9,7 +9,9 @@ with `rose`, scored exactly as `rose-memory eval` scores it (the eval's Runner o
 file: locality here is the locality file's prompts only, without the other subjects'
 questions). Jobs run in worker processes that load the model once and take jobs from a queue
 folder until it is empty or the time limit is reached; each finished job is one JSON file, so
-a run cut short keeps what it measured. Seed 0 of every variant runs before seed 1. The
+a run cut short keeps what it measured; run the same command on the same --out to go on with
+the jobs left (`plan.json` records the grid, and another grid on that folder is refused).
+Seed 0 of every variant runs before seed 1. The
 summary compares variants on the jobs that every variant finished, question by question
 against the first variant (how many answered by both, by only one).
 
@@ -53,6 +55,25 @@ def plan(args, qdir: Path) -> int:
                 (qdir / f"{i:05d}__{name}__{seed}__{s}").touch()
                 i += 1
     return i
+
+
+def plan_record(args) -> dict:
+    """What a queue was planned from; a later run on the same --out must ask for the same."""
+    return {"data": str(args.data), "locality": str(args.locality), "seeds": list(args.seeds),
+            "variants": [[n, v] for n, v in args.variants], "model": args.model, "dtype": args.dtype}
+
+
+def check_plan(out: Path, record: dict) -> None:
+    """Write the plan on the first run; refuse a continuation that asks for another grid."""
+    path = out / "plan.json"
+    if not path.exists():
+        path.write_text(json.dumps(record, indent=1))
+        return
+    old = json.loads(path.read_text())
+    diff = sorted(k for k in record if old.get(k) != record[k])
+    if diff:
+        raise SystemExit(f"{out} holds a grid planned with other {', '.join(diff)} ({path}); "
+                         "give the same ones to continue it, or another --out")
 
 
 def work(args, qdir: Path, rdir: Path) -> None:
@@ -146,6 +167,7 @@ def main(argv=None) -> int:
         work(args, qdir, rdir)
         return 0
     rdir.mkdir(parents=True, exist_ok=True)
+    check_plan(out, plan_record(args))
     if not qdir.exists():
         print("jobs", plan(args, qdir), flush=True)
     argv = list(argv if argv is not None else sys.argv[1:])

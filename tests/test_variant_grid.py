@@ -37,3 +37,16 @@ def test_variants_are_compared_on_the_jobs_all_finished_question_by_question(tmp
     assert s["variants"]["b"]["metrics"]["instruction"] == 0.75
     assert s["variants"]["b"]["n_probes"]["name_fidelity"] == 0
     assert s["variants"]["b"]["instruction_vs_first"] == {"both": 1, "only_this": 2, "only_first": 1}
+
+
+def test_a_continued_grid_must_ask_for_the_grid_it_was_planned_with(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(data="d.jsonl", locality="l.jsonl", seeds=[0, 1], model=None, dtype="float32",
+                              variants=[("default", {}), ("noise", {"flat_noise": 0.3})])
+    variant_grid.check_plan(tmp_path, variant_grid.plan_record(args))      # first run: written
+    variant_grid.check_plan(tmp_path, variant_grid.plan_record(args))      # the same grid: continues
+    args.variants = [("default", {}), ("noise", {"flat_noise": 0.5})]
+    args.seeds = [0]
+    with pytest.raises(SystemExit, match="other seeds, variants"):
+        variant_grid.check_plan(tmp_path, variant_grid.plan_record(args))
