@@ -105,6 +105,17 @@ def test_reply_relation_scores_the_relation_words_only_in_chat_replies(lm, on):
 
 
 
+def test_reply_name_off_leaves_the_restated_name_unscored_but_edited(lm):
+    req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
+    on = target_rows(lm, req, 0, config_for(lm.model))
+    off = target_rows(lm, req, 0, config_for(lm.model, {"reply_name": False}))
+    tok = lm.tokenizer
+    chat = [(a, b) for a, b in zip(on, off) if "<|im_start|>assistant" in tok.decode(a.ids)]
+    assert chat and all(a.ids == b.ids and a.lookups == b.lookups for a, b in chat)   # same text, value at both mentions
+    for _, row in chat:
+        assert tok.decode([row.ids[p + 1] for p in row.scored]).strip() == "Lisbon"
+
+
 @pytest.mark.parametrize("stage_rows,expect", [
     ("new", [["Lisbon"], ["dentist"], ["green"], ["Lisbon", "dentist", "green"]]),
     ("all", [["Lisbon"], ["Lisbon", "dentist"], ["Lisbon", "dentist", "green"], ["Lisbon", "dentist", "green"]])])

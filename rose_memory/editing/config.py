@@ -51,6 +51,10 @@ class EditConfig(BaseModel):
     # of| X"), not only the name and the object: answers to questions that restate the name
     # mostly go on "S is a ..." (a made-up description) and never reach the fact.
     reply_relation: bool = False
+    # Score the name restated in a chat reply (default) or leave it unscored, so that the value
+    # spends itself on the object alone (in a 3-fact write the chat rows' object stays at
+    # 0.25-0.76 while the restated name reaches 0.65-0.99).
+    reply_name: bool = True
     name_rows: bool = False          # score the restated name after generic questions (keeps the name intact)
     # RoSE's rows encode each text piece as written ("about " + "Ann": a lone space token, then
     # "Ann"), not as the joined text tokenises (" Ann"), which the baselines use (MEMIT's way).

@@ -59,9 +59,10 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
         question = f"{before}{s}{after}?".strip()
         opens = [a.format(s) for a in OPEN_REQUESTS[:cfg.open_requests]]
         rel = "scored" if cfg.reply_relation else "text"
+        name = "subject_scored" if cfg.reply_name else "subject"
         for ask in opens + ([question] if cfg.relation_question == "restate" else []):
             rows.append(build_row(lm, _in_chat(lm, ask, s, before)
-                                  + [("subject_scored", s), (rel, after), ("scored", " " + t)], natural))
+                                  + [(name, s), (rel, after), ("scored", " " + t)], natural))
         if cfg.referent_rows:
             # The reply refers to the subject without its name ("This person lives in the city
             # of"), so the object must be read from the user's mention, as a question's answer must.
@@ -114,7 +115,8 @@ def rose_targets(lm: LoadedModel, by_subject: "OrderedDict[str, list[EditRequest
                                                   "hier", "stage_steps", "anchor_weight", "joint_steps", "seed", "flat_noise",
                                                   "name_rows", "natural_tokens", "value_bf16",
                                                   "relation_question", "stage_rows",
-                                                  "open_requests", "raw_prefixes", "referent_rows", "reply_relation"}))
+                                                  "open_requests", "raw_prefixes", "referent_rows", "reply_relation",
+                                                  "reply_name"}))
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     natural = cfg.natural_tokens
