@@ -28,7 +28,7 @@ from .errors import RoseMemoryError
 from .arch import spec_for
 from .facts import EditRequest, make_facts
 from .generate import generate_ids
-from .model import EMBEDDED, LoadedModel, load_cached
+from .model import EMBEDDED, LoadedModel, load_cached, resolve_device, resolve_dtype
 from .stores.deltas import DeltaStore, delta_name, save_lora_adapter
 from .stores.ledger import Ledger
 
@@ -150,13 +150,18 @@ class ParametricMemory:
 
     `model` is None (the home's model, else the embedded default), a model name or path, or a
     LoadedModel. While the memory is open it owns that model's weights; `close()` returns
-    them to the base model.
+    them to the base model. `device` and `dtype` (as `load_model` takes them: auto is CUDA with
+    bf16 weights where present, else the CPU in float32) apply when the memory loads the model
+    itself; a LoadedModel is used as it is.
     """
 
     def __init__(self, home: str | os.PathLike | None = None, model: str | LoadedModel | None = None,
                  method: str | None = None, *, edit_config: dict | None = None,
                  verify: VerifyConfig | dict | None = None, policy: ConsolidationPolicy | dict | None = None,
-                 progress: bool = False):
+                 progress: bool = False, device: str = "auto", dtype: str = "auto"):
+        if not isinstance(model, LoadedModel):   # a bad device or dtype fails before the home is touched
+            resolve_dtype(dtype, resolve_device(device))
+        self._device, self._dtype = device, dtype
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
@@ -236,7 +241,7 @@ class ParametricMemory:
             ledger.close()
 
     def _load_model(self, model) -> LoadedModel:
-        lm = model if isinstance(model, LoadedModel) else load_cached(self.config.model)
+        lm = model if isinstance(model, LoadedModel) else load_cached(self.config.model, self._device, self._dtype)
         owner = getattr(lm.model, "_rose_memory_home", None)
         if owner is not None:
             raise RoseMemoryError(f"this model's weights are held by the open memory at {owner}; close that one first")

@@ -57,6 +57,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def resolve_dtype(dtype: str, dev: torch.device) -> str:
+    """'auto' is bfloat16 on CUDA, float32 elsewhere; anything else must be a known dtype name."""
+    if dtype == "auto":
+        return "bfloat16" if dev.type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise RoseMemoryError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
+    return dtype
+
+
 def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load `name` (None or EMBEDDED = SmolLM2-135M-Instruct; a path, a hub id, or 'path/file.gguf').
 
@@ -66,10 +75,7 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
 
     name = name or EMBEDDED
     dev = resolve_device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    if dtype not in DTYPES:
-        raise RoseMemoryError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
+    dtype = resolve_dtype(dtype, dev)
     kwargs: dict = {}
     if name == EMBEDDED:
         path, kwargs["gguf_file"] = embedded_dir(), EMBEDDED_GGUF
@@ -91,7 +97,16 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
     return LoadedModel(model=model, tokenizer=tok, name=name)
 
 
-@lru_cache(maxsize=2)
 def load_cached(name: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """One loaded model per (name, device, dtype) in this process (tests, eval, CLI share it)."""
+    """One loaded model per (name, device, dtype) in this process (tests, eval, CLI share it).
+
+    Keyed by what the arguments resolve to, so `load_cached()` and `load_cached(EMBEDDED,
+    "cpu", "float32")` on a CPU machine share one model instead of loading two.
+    """
+    dev = resolve_device(device)
+    return _load_cached(name or EMBEDDED, str(dev), resolve_dtype(dtype, dev))
+
+
+@lru_cache(maxsize=2)
+def _load_cached(name: str, device: str, dtype: str) -> LoadedModel:
     return load_model(name, device, dtype)

@@ -188,12 +188,27 @@ def test_failure_during_a_write_reverts_and_records_it(home, model, base, monkey
     (["remember", "--subject", "Bob", "--fact", "lives in Paris"], "has no '='"),
     (["remember", "--subject", "Bob", "--fact", "lives in=" + "x" * 10_000], "at most 500"),
     (["forget", "99"], "no edit with id 99"),
+    (["ask", "Where does Aurelio live?", "--device", "tpu"], "unknown device"),
 ])
 def test_bad_input_via_the_cli_changes_nothing(home, capsys, argv, message):
     before = (home / "ledger.sqlite").read_bytes()
     assert cli([*argv, "--home", str(home)]) == 2
     assert message in capsys.readouterr().err
     assert (home / "ledger.sqlite").read_bytes() == before
+
+
+def test_the_model_cache_is_keyed_by_what_device_and_dtype_resolve_to(model, tmp_path):
+    # The memory passes device/dtype on; "auto" and its resolved value must not load a second copy.
+    import torch
+
+    from rose_memory.model import EMBEDDED
+
+    assert load_cached(EMBEDDED, "auto", "auto") is model
+    if not torch.cuda.is_available():
+        assert load_cached(None, "cpu", "float32") is model
+    with pytest.raises(RoseMemoryError, match="unknown dtype"):
+        ParametricMemory(tmp_path / "new", dtype="float8")
+    assert not (tmp_path / "new").exists()        # refused before the home is created
 
 
 def test_bad_input_via_the_api_changes_nothing(home, model, written):
