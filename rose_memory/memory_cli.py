@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_options import add_device_options
 from .errors import RoseMemoryError
 from .facts import make_facts
 
@@ -22,11 +23,7 @@ def register(subparsers) -> None:
     with_model = argparse.ArgumentParser(add_help=False, parents=[common])
     with_model.add_argument("--model", default=None,
                             help="model name or path when the home is new (default: the embedded SmolLM2-135M-Instruct)")
-    with_model.add_argument("--device", default="auto", metavar="D",
-                            help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
-    with_model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                            help="weights' dtype: auto is float32 on the CPU and bfloat16 on CUDA; "
-                                 "editing maths is float32 either way")
+    add_device_options(with_model)
 
     p = subparsers.add_parser("remember", parents=[with_model], help="write facts about a subject into the weights")
     p.add_argument("--subject", required=True)

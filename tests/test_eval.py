@@ -370,3 +370,11 @@ def test_answers_are_generated_once_per_state(eval_lm):
     short = answerer.ask("s", [Probe("", "locality", "The capital of France is", False, 4)])
     assert short[0][1] == first[0][1][:4] and answerer.generated == 2
     assert "<|im_start|>" in first[1][0] and first[0][0] == "The capital of France is"
+
+
+def test_the_cli_dtype_choices_are_the_models_dtypes():
+    # cli_options keeps its own list so the CLI starts without importing torch; it must not drift.
+    from rose_memory.cli_options import DTYPE_CHOICES
+    from rose_memory.model import DTYPES
+
+    assert DTYPE_CHOICES == ["auto", *DTYPES]

@@ -91,6 +91,7 @@ def test_referent_rows_name_the_subject_only_in_the_users_request(lm, prompt, re
         assert text.endswith("<|im_start|>assistant\n" + reply + " Lisbon")
         assert tok.decode([row.ids[p + 1] for p in row.scored]).strip() == "Lisbon"   # only the object is scored
 
+
 @pytest.mark.parametrize("on", [False, True])
 def test_reply_relation_scores_the_relation_words_only_in_chat_replies(lm, on):
     req = EditRequest(subject="Larkspur Quennell", prompt="{} lives in the city of", target="Lisbon")
@@ -102,7 +103,6 @@ def test_reply_relation_scores_the_relation_words_only_in_chat_replies(lm, on):
             assert scored == "Lisbon"                                  # raw rows: the object alone either way
         else:
             assert scored == ("Larkspur Quennell lives in the city of Lisbon" if on else "Larkspur Quennell Lisbon")
-
 
 
 def test_reply_name_off_leaves_the_restated_name_unscored_but_edited(lm):

@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 
+from ..cli_options import add_device_options
 from ..errors import RoseMemoryError
 from .runner import ALL_METHODS, MODES, parse_methods
 
@@ -22,10 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="FILE", help="benchmark file (.jsonl, one subject a line)")
     p.add_argument("--locality", metavar="FILE", help="locality prompts (.jsonl with prompt and answer)")
     p.add_argument("--model", metavar="M", default=None, help="model: embedded default, a path, a hub id or a .gguf")
-    p.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights' dtype: auto is float32 on the CPU and bfloat16 on CUDA; "
-                        "editing maths runs in float32 regardless")
+    add_device_options(p)
     p.add_argument("--methods", required=True, metavar="LIST", help=f"comma-separated, from: {','.join(ALL_METHODS)}")
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--limit", type=int, metavar="N", help="only the first N subjects")
