@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+# The runner's METRICS but fluency: the summary pools per-probe hits from the jobs' records, and
+# fluency is a ratio per run, not a hit per probe.
 METRICS = ("efficacy", "generalization", "instruction", "confusion", "locality", "name_fidelity")
 
 

@@ -287,7 +287,7 @@ class ParametricMemory:
                     w.copy_(base.float() + (upd if upd.shape == w.shape else upd.T))  # Conv1D: [d_in, d_out]
                 self._sources[name] = ids
 
-    def _edit(self, subject: str, reqs: list[EditRequest], live: dict[int, Delta]) -> Delta:
+    def _edit(self, reqs: list[EditRequest], live: dict[int, Delta]) -> Delta:
         """The Delta of `reqs`, computed on the weights of the `live` edits."""
         cache = None
         if self.config.method == "alphaedit":
@@ -388,7 +388,7 @@ class ParametricMemory:
         fields: dict = {}
         try:
             self._compose(others)  # the edit is computed on the weights without what it replaces
-            delta = self._edit(subject, reqs, others)
+            delta = self._edit(reqs, others)
             fields["delta_file"], fields["delta_sha256"] = self.store.save(eid, delta)
             self._compose(others | {eid: delta})
             recall = self._measure(subject, reqs)
