@@ -2,7 +2,8 @@
 
 Each fact's rows get, beside RoSE's own, one row per question of the file: the question
 asked through the chat template, and a reply that restates the fact in the edit's words
-("Aurelio Sarkisian's favorite color is brown"), as RoSE's open-request rows do. The eval
+("Aurelio Sarkisian's favorite color is brown"), built as RoSE's open-request rows are
+(`rose.reply_row`, so `--set reply_name/reply_relation` apply to both). The eval
 then asks exactly those questions. What it answers bounds what any choice of rows can give
 with this value (one vector at the subject's last token, its norm clamp, its steps): if the
 questions a value was fitted on are not answered, other wordings will not be either.
@@ -14,38 +15,27 @@ Everything else is `rose-memory eval` (same arguments after DATA, `--set` includ
 
 from __future__ import annotations
 
-import json
 import sys
 
 from rose_memory import cli
 from rose_memory.editing import rose
-from rose_memory.editing.tokens import build_row, split_prompt
+from rose_memory.errors import RoseMemoryError
+from rose_memory.eval.data import fill, load_benchmark
 
 
 def questions_of(path: str) -> dict[tuple[str, str], list[str]]:
-    out = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                for fact in d["facts"]:
-                    out[(d["subject"], fact["prompt"])] = fact["questions"]
-    return out
+    """(subject, edit prompt) -> the fact's questions, the subject filled in (the eval's own reader)."""
+    return {(b.name, f.prompt): [fill(q, b.name) for q in f.questions]
+            for b in load_benchmark(path) for f in b.facts}
 
 
 def with_question_rows(questions: dict[tuple[str, str], list[str]]):
     own = rose.target_rows
 
     def target_rows(lm, req, group, cfg):
-        rows = own(lm, req, group, cfg)
-        before, after = split_prompt(req.prompt)
-        s, t = req.subject, req.target
-        rel = "scored" if cfg.reply_relation else "text"   # as RoSE's own chat rows score the reply
-        for q in questions.get((s, req.prompt), []):
-            pieces = rose._in_chat(lm, q.format(s), s, before) + [("subject_scored", s), (rel, after),
-                                                                  ("scored", " " + t)]
-            rows.append(rose._tagged(build_row(lm, pieces, cfg.natural_tokens), group))
-        return rows
+        extra = [rose._tagged(rose.reply_row(lm, q, req, cfg), group)   # replied to as RoSE's chat rows are
+                 for q in questions.get((req.subject, req.prompt), [])]
+        return own(lm, req, group, cfg) + extra
 
     return target_rows
 
@@ -56,7 +46,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         questions = questions_of(argv[0])
-    except (OSError, ValueError, KeyError) as err:   # the eval names file and line; this only needs the questions
+    except RoseMemoryError as err:   # names the file and line, as the eval would
         print(f"question_ceiling: cannot read questions from {argv[0]}: {err}", file=sys.stderr)
         return 2
     rose.target_rows = with_question_rows(questions)

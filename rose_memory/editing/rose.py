@@ -58,11 +58,8 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
         # too, so the edit keeps it intact).
         question = f"{before}{s}{after}?".strip()
         opens = [a.format(s) for a in OPEN_REQUESTS[:cfg.open_requests]]
-        rel = "scored" if cfg.reply_relation else "text"
-        name = "subject_scored" if cfg.reply_name else "subject"
         for ask in opens + ([question] if cfg.relation_question == "restate" else []):
-            rows.append(build_row(lm, _in_chat(lm, ask, s, before)
-                                  + [(name, s), (rel, after), ("scored", " " + t)], natural))
+            rows.append(reply_row(lm, ask, req, cfg))
         if cfg.referent_rows:
             # The reply refers to the subject without its name ("This person lives in the city
             # of"), so the object must be read from the user's mention, as a question's answer must.
@@ -72,6 +69,16 @@ def target_rows(lm: LoadedModel, req: EditRequest, group: int, cfg: EditConfig) 
         if cfg.relation_question == "object":   # the same question, answered with the object first
             rows.append(build_row(lm, _in_chat(lm, question, s) + [("scored", t)], natural))
     return [_tagged(r, group) for r in rows]
+
+
+def reply_row(lm: LoadedModel, ask: str, req: EditRequest, cfg: EditConfig) -> Row:
+    """The user asks `ask` (naming the subject); the assistant's reply restates the fact. The
+    object is scored, the restated name with `reply_name`, the relation's words with `reply_relation`."""
+    before, after = split_prompt(req.prompt)
+    name = "subject_scored" if cfg.reply_name else "subject"
+    rel = "scored" if cfg.reply_relation else "text"
+    return build_row(lm, _in_chat(lm, ask, req.subject, before)
+                     + [(name, req.subject), (rel, after), ("scored", " " + req.target)], cfg.natural_tokens)
 
 
 def name_rows(lm: LoadedModel, subject: str, group: int, natural: bool) -> list[Row]:
