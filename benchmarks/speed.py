@@ -3,7 +3,8 @@
     python benchmarks/speed.py [--methods rose,memit,alphaedit] [--model M] [--json OUT]
 
 Each method runs in a fresh subprocess so its peak memory (max RSS, or CUDA peak allocation)
-is its own. RoSE is also timed with its target optimisation unbatched (one prompt per
+is its own. After the clock stops, the written model is asked one chat question per fact
+(other words than the edit's); the answers go into the JSON. RoSE is also timed with its target optimisation unbatched (one prompt per
 forward), with full forwards at every step (instead of replaying only the blocks above
 the value layer) and with the value optimisation under bf16 autocast (`value_bf16`, off by
 default); the three ratios are reported from the same run. What every write of a method
@@ -26,12 +27,21 @@ FACTS = [
     {"subject": "Larkspur Quennell", "prompt": "{} works as a", "target": "dentist"},
     {"subject": "Larkspur Quennell", "prompt": "{}'s favorite color is", "target": "green"},
 ]
+# Asked through the chat template after the write (outside the clock), one per fact, in words
+# other than the edit's: what the written model answers, per method.
+QUESTIONS = [
+    ("Where does Larkspur Quennell live?", "Lisbon"),
+    ("What does Larkspur Quennell do for a living?", "dentist"),
+    ("Which color does Larkspur Quennell like best?", "green"),
+]
 
 
 def _one(model: str | None, method: str, overrides: dict, out) -> None:
     import torch
 
     from rose_memory.editing import edit, warm_up
+    from rose_memory.eval.metrics import hit
+    from rose_memory.generate import chat_prompt, generate
     from rose_memory.model import load_model
 
     lm = load_model(model)
@@ -45,10 +55,17 @@ def _one(model: str | None, method: str, overrides: dict, out) -> None:
     secs = time.perf_counter() - t
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    delta.apply(lm.model)
+    try:
+        said = generate(lm, [chat_prompt(lm, q) for q, _ in QUESTIONS])
+    finally:
+        delta.revert(lm.model)
+    answers = [{"question": q, "answer": a, "target": t, "hit": hit(a, t)} for (q, t), a in zip(QUESTIONS, said)]
     out.put({"method": method, "overrides": overrides, "seconds_per_write": round(secs, 2),
              "peak_mb": round(peak, 1), "peak_kind": "cuda_allocated" if torch.cuda.is_available() else "max_rss",
              "rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1),
-             "rank": {k.split(".")[2]: int(u.shape[1]) for k, (u, _) in delta.factors.items()}})
+             "rank": {k.split(".")[2]: int(u.shape[1]) for k, (u, _) in delta.factors.items()},
+             "answers": answers})
 
 
 def run(model: str | None, method: str, overrides: dict) -> dict:
