@@ -6,7 +6,10 @@ import torch
 from rose_memory import RoseMemoryError
 from rose_memory.editing import solvers
 from rose_memory.editing.config import config_for
-from rose_memory.editing.rose import _kl_row, _tagged, keep_rows, target_rows
+from rose_memory.arch import spec_for
+from rose_memory.editing.contexts import OTHER_NAMES
+from rose_memory.editing.hooks import keys_and_outputs
+from rose_memory.editing.rose import _kl_row, _tagged, keep_rows, other_name_rows, target_rows
 from rose_memory.editing import targets
 from rose_memory.facts import EditRequest
 
@@ -44,6 +47,29 @@ def test_keep_rows_cover_the_name_and_the_chat_question_but_not_the_edit_positio
     assert len(plain.ids) - 1 not in plain.lookups          # the subject's last token is edited, not kept
     kept = tok.decode([chat.ids[i] for i in chat.lookups])
     assert "Tell me about" in kept and "assistant" in kept
+
+
+def test_other_peoples_names_are_left_alone_with_keep_names(lm):
+    from rose_memory.editing import edit
+    from rose_memory.editing.targets import TargetCache
+
+    facts = [{"subject": "Larkspur Quennell", "prompt": "{} lives in the city of", "target": "Lisbon"}]
+    quick = {"stage_steps": 2, "joint_steps": 2}
+    cache = TargetCache()                       # one value for both solves: only the kept keys differ
+    free = edit(lm, facts, "rose", {**quick, "keep_names": 0}, cache=cache)
+    kept = edit(lm, facts, "rose", {**quick, "keep_names": len(OTHER_NAMES)}, cache=cache)
+    cfg = config_for(lm.model)
+    layer, natural = cfg.layers[0], cfg.natural_tokens
+    others = keys_and_outputs(lm, other_name_rows(lm, list(OTHER_NAMES), natural), [layer])[0][layer]   # [32, d_in]
+    mine = keys_and_outputs(lm, other_name_rows(lm, ["Larkspur Quennell"], natural), [layer])[0][layer]
+
+    def moved(delta, k):
+        u, v = delta.factors[spec_for(lm.model).mlp_out_weight(layer)]
+        return (u @ (v.T @ k.T)).norm(dim=0)    # |dW k| per key
+    assert float(moved(kept, others).mean()) < 0.5 * float(moved(free, others).mean())
+    assert float(moved(kept, mine).mean()) > 0.5 * float(moved(free, mine).mean())   # the subject still moves
+    with pytest.raises(RoseMemoryError, match="keep_names"):
+        config_for(lm.model, {"keep_names": len(OTHER_NAMES) + 1})
 
 
 @pytest.mark.parametrize("mode", ["object", "restate", "off"])

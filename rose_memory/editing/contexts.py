@@ -23,6 +23,24 @@ OPEN_REQUESTS = ("Tell me about {}.", "What do you know about {}?", "Can you tel
 NAME_QUESTIONS = ("Who is {}?", "Can you describe {}?", "What does {} like?", "Where is {} from?",
                   "What is {} known for?", "Give me a fact about {}.")
 
+# Other people, made up here (no name of any benchmark file), whose keys RoSE's solve holds at
+# zero change (`EditConfig.keep_names`), so that writing one person's facts leaves the answers
+# about other people as they were (the benchmark's locality is mostly other subjects' questions).
+OTHER_NAMES = ("Marta Kowalczyk", "Jonas Eberhardt", "Amara Nwosu", "Tobias Lindgren", "Sofia Marchetti",
+               "Kenji Watanabe", "Elena Petrova", "Malik Haddad", "Ines Carvalho", "Oliver Brennan",
+               "Priscilla Moreau", "Dmitri Volkov", "Hana Suzuki", "Rafael Ortega", "Greta Halvorsen",
+               "Samuel Achebe",
+               "Lucia Fernandez", "Aleksander Nowak", "Chidi Eze", "Freya Johansson", "Mateo Rossi",
+               "Yuki Tanaka", "Nadia Haddad", "Henrik Larsen", "Beatriz Santos", "Connor Gallagher",
+               "Amelie Laurent", "Viktor Sokolov", "Mei Chen", "Diego Morales", "Astrid Nilsson",
+               "Kwame Mensah", "Clara Becker", "Arjun Mehta", "Leila Farahani", "Sebastian Novak",
+               "Zara Hussain", "Emil Schneider", "Lina Haddou", "Patrick Doyle", "Julia Wagner",
+               "Omar Farouk", "Isabel Ruiz", "Nikolai Ivanov", "Aiko Yamamoto", "Gabriel Silva",
+               "Sigrid Berg", "Tariq Rahman", "Camille Dubois", "Hugo Martin", "Ayesha Siddiqui",
+               "Lars Andersen", "Natalia Kowalski", "Felix Hoffmann", "Rosa Jimenez", "Kofi Boateng",
+               "Helena Costa", "Ravi Kumar", "Elif Yilmaz", "Anton Petersen", "Maya Goldberg",
+               "Bruno Ferreira", "Sana Qureshi", "Walter Fischer")
+
 _generic_cache: dict[tuple, list[str]] = {}
 
 

@@ -20,7 +20,7 @@ from ..facts import EditRequest
 from ..model import LoadedModel
 from . import solvers
 from .config import EditConfig
-from .contexts import NAME_QUESTIONS, OPEN_REQUESTS, USER_OPENERS, chat_prefix, chat_text, generic_prefixes
+from .contexts import NAME_QUESTIONS, OPEN_REQUESTS, OTHER_NAMES, USER_OPENERS, chat_prefix, chat_text, generic_prefixes
 from .delta import Delta
 from .hooks import keys_and_outputs
 from .spread import spread
@@ -108,6 +108,12 @@ def keep_rows(lm: LoadedModel, subject: str, natural: bool) -> list[Row]:
     return [r for r in rows if r.lookups]
 
 
+def other_name_rows(lm: LoadedModel, names: list[str], natural: bool) -> list[Row]:
+    """Other people's names, plain and in a chat question: their last token's keys are left alone too."""
+    return [row for n in names for row in (build_row(lm, [("subject", n)], natural),
+                                           build_row(lm, _in_chat(lm, f"Tell me about {n}.", n), natural))]
+
+
 def _kl_row(lm, subject: str, group: int, natural: bool) -> Row:
     return _tagged(build_row(lm, [("subject", subject), ("text", " is a")], natural), group)
 
@@ -187,6 +193,9 @@ def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: 
             return solvers.covariance(k, r, covs[layer], cfg.mom2_update_weight)
         average = True
     name = "rose" if (cfg.iso and cfg.hier) else ("rose-no-iso" if not cfg.iso else "rose-no-hier")
-    keep = [r for s in subjects for r in keep_rows(lm, s, natural)] if (cfg.iso and cfg.keep_weight > 0) else []
+    keep = []
+    if cfg.iso and cfg.keep_weight > 0:
+        others = [n for n in OTHER_NAMES[:cfg.keep_names] if n not in by_subject]
+        keep = [r for s in subjects for r in keep_rows(lm, s, natural)] + other_name_rows(lm, others, natural)
     return spread(lm, cfg.layers, krows, owner, value_rows, values, solve, name, average_keys=average,
                   progress=progress, keep_rows=keep, keep_weight=cfg.keep_weight)
