@@ -4,13 +4,14 @@
 
 Each method runs in a fresh subprocess so its peak memory (max RSS, or CUDA peak allocation)
 is its own. After the clock stops, the written model is asked one chat question per fact
-(other words than the edit's); the answers go into the JSON. RoSE is also timed with its target optimisation unbatched (one prompt per
-forward), with full forwards at every step (instead of replaying only the blocks above
-the value layer) and with the value optimisation under bf16 autocast (`value_bf16`, off by
-default); the three ratios are reported from the same run. What every write of a method
-reuses (key statistics, cached on disk; RoSE's protectors and AlphaEdit's null-space
-projectors, memoised per process) is computed before the clock starts (`warm_up`), so the
-time is that of a write to a memory that is already up. The JSON is written after each run.
+(other words than the edit's); the answers go into the JSON. RoSE is also timed with its
+target optimisation unbatched (one prompt per forward), with full forwards at every step
+(instead of replaying only the blocks above the value layer) and with the value optimisation
+under bf16 autocast (`value_bf16`, off by default); the three ratios are reported from the
+same run. What every write of a method reuses (key statistics, cached on disk; RoSE's
+protectors and AlphaEdit's null-space projectors, memoised per process) is computed before
+the clock starts (`warm_up`), so the time is that of a write to a memory that is already up.
+The JSON is written after each run.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from rose_memory.editing.rose import rose_targets
 from rose_memory.editing.targets import TargetCache
 from rose_memory.editing.tokens import Row
 from rose_memory.errors import RoseMemoryError
-from rose_memory.eval.cli import parse_settings
+from rose_memory.eval.cli import _check_output, parse_settings
 from rose_memory.eval.data import fill, load_benchmark
 from rose_memory.eval.generate import decode, encode, render
 from rose_memory.eval.metrics import hit
@@ -96,11 +96,13 @@ def measure(lm, subject, cfg, settings: dict) -> dict:
         delta.revert(lm.model)
     cos = F.cosine_similarity(moved, change[None], dim=-1)
     ratio = moved.norm(dim=-1) / change.norm()
+    questions = []
+    for (q, t), a, b, c, r in zip(asked, by_value, by_weights, cos, ratio):
+        a, b = decode(lm, a), decode(lm, b)
+        questions.append({"question": q, "target": t, "value": a, "weights": b, "value_hit": hit(a, t),
+                          "weights_hit": hit(b, t), "cosine": round(float(c), 3), "norm_ratio": round(float(r), 3)})
     return {"subject": subject.name, "value_norm_over_hidden": round(float(change.norm() / hidden.norm()), 3),
-            "questions": [{"question": q, "target": t, "value": decode(lm, a), "weights": decode(lm, b),
-                           "value_hit": hit(decode(lm, a), t), "weights_hit": hit(decode(lm, b), t),
-                           "cosine": round(float(c), 3), "norm_ratio": round(float(r), 3)}
-                          for (q, t), a, b, c, r in zip(asked, by_value, by_weights, cos, ratio)]}
+            "questions": questions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="RoSE setting, as `rose-memory eval --set`")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    try:
+    try:   # everything given is checked before the model loads, as `rose-memory eval` does
         settings = parse_settings(args.settings)
-        subjects = load_benchmark(args.data)[: args.limit]
+        subjects = load_benchmark(args.data)
+        if args.limit is not None:
+            if args.limit < 1:
+                raise RoseMemoryError(f"--limit must be at least 1, got {args.limit}")
+            subjects = subjects[: args.limit]
+        if args.json:
+            _check_output(args.json, "--json")
         lm = load_model(args.model)
         cfg = method_config(lm, "rose", settings)
     except RoseMemoryError as err:

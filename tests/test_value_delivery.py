@@ -48,5 +48,8 @@ def test_one_subject_answered_both_ways_and_the_delivery_read(lm, tmp_path, caps
 def test_bad_input_is_refused_before_the_model_loads(tmp_path, capsys):
     assert value_delivery.main([str(tmp_path / "nope.jsonl")]) == 2
     assert value_delivery.main([str(_data(tmp_path)), "--set", "bogus=1"]) == 2
+    assert value_delivery.main([str(_data(tmp_path)), "--limit", "0"]) == 2
+    assert value_delivery.main([str(_data(tmp_path)), "--json", str(tmp_path / "no" / "out.json")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "unknown editing setting" in err
+    assert "--limit must be at least 1" in err and "create it first" in err
