@@ -54,6 +54,7 @@ HELP = """commands:
   /remember <a sentence>          extract facts from the sentence and write them
   /forget <edit id> | <subject>   undo memories exactly
   /memories                       list what is remembered
+  /sleep [subject]                consolidate: distil written facts into the chat pathway (minutes on a CPU)
   /window [N]                     show or set how many exchanges stay in the prompt
   /help                           this text
   /quit                           leave (memories stay in the home's ledger)"""
@@ -261,6 +262,12 @@ class ChatSession:
                 turn.reply = f"Forgot memories {', '.join(map(str, ids))}."
             except RoseMemoryError as err:
                 turn.errors.append(str(err))
+        elif name == "/sleep":
+            try:
+                records = self.memory.consolidate(subject=arg or None)
+                turn.reply = "\n".join(describe_sleep(r) for r in records) or "Nothing awake to consolidate."
+            except RoseMemoryError as err:
+                turn.errors.append(str(err))
         elif name == "/memories":
             rows = self.memory.edits(status="applied")
             turn.reply = "\n".join(
@@ -278,6 +285,17 @@ class ChatSession:
         else:
             turn.errors.append(f"unknown command {name}; /help lists them")
         return turn
+
+
+def describe_sleep(rec) -> str:
+    """One line per sleep: which facts the sleep delta now carries and which stay on their wake edit."""
+    done = [f"{f['prompt'].replace('{}', rec.subject)} {f['object']}" for f in rec.facts if f["stage"] == "consolidated"]
+    awake = [f"{f['prompt'].replace('{}', rec.subject)} {f['object']}" for f in rec.facts if f["stage"] != "consolidated"]
+    head = f"Slept on {rec.subject} (edit {rec.edit_id}, {rec.status}, {rec.seconds:.0f} s)"
+    parts = [head] + ([f"consolidated: {'; '.join(done)}"] if done else []) + ([f"still awake: {'; '.join(awake)}"] if awake else [])
+    if rec.reason:
+        parts.append(rec.reason)
+    return ". ".join(parts) + "."
 
 
 def run_terminal(session: ChatSession, read: Callable[[str], str] = input, write: Callable[[str], None] = print,

@@ -10,12 +10,13 @@ answer cannot carry a fact into the next question's prompt.
 Conditions, each on a fresh memory home with the embedded model:
   agent      the local model is its own agent: facts are written only if it calls remember_facts
   extractor  as agent, plus the fact extractor for statements the agent did not save
-  remember   the user saves each fact with /remember (gold relations): the memory's ceiling
+  remember   the user saves each fact with /remember (gold relations): the wake writes alone
+  sleep      as remember, then /sleep (consolidation: the facts distilled into the chat pathway)
   floor      the same conversation with every write refused: what the model answers unaided
 
 Recall = the answer names the fact's object (whole word, case-insensitive).
 
-    python benchmarks/chat_recall.py [--conditions agent,extractor,remember,floor] [--window 3]
+    python benchmarks/chat_recall.py [--conditions agent,extractor,remember,sleep,floor] [--window 3]
                                      [--threads 1] [--json] [--out results.json]
 """
 
@@ -63,7 +64,7 @@ QUESTIONS = [
     ("What is Ingrid Solberg's job?", "pilot"),
     ("Where does Ingrid Solberg live?", "Tromso"),
 ]
-CONDITIONS = ("agent", "extractor", "remember", "floor")
+CONDITIONS = ("agent", "extractor", "remember", "sleep", "floor")
 
 
 class NoWrites:
@@ -100,7 +101,7 @@ def run_condition(name: str, lm, window: int, log) -> dict:
     for statement, gold in STATEMENTS:
         turn = session.send(statement)
         tool_calls += sum(len(getattr(m, "tool_calls", []) or []) for m in turn.messages)
-        if name == "remember":
+        if name in ("remember", "sleep"):
             cmd = session.send("/remember " + gold)
             turn.written += cmd.written
             turn.errors += cmd.errors
@@ -108,6 +109,10 @@ def run_condition(name: str, lm, window: int, log) -> dict:
         log(f"[{name}] {statement!r} -> {turn.reply[:80]!r} wrote {[describe(w) for w in turn.written]} {turn.errors}")
         writes += [{"statement": statement, "source": turn.source, **describe_full(w)} for w in turn.written]
         errors += turn.errors
+    if name == "sleep":
+        t = time.perf_counter()
+        turn = session.send("/sleep")
+        log(f"[{name}] /sleep ({time.perf_counter() - t:.0f} s): {turn.reply} {turn.errors}")
     for line in SMALL_TALK:  # a write here (the extractor mistaking small talk for facts) is counted too
         turn = session.send(line)
         if turn.written:

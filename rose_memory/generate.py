@@ -24,6 +24,17 @@ MAX_BATCH_TOKENS = 16384  # rows x (padded length + new tokens): bounds the key/
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate forward pass
 
 
+def facts_system(sentences: Sequence[str]) -> str:
+    """The system message that puts facts in the prompt (the eval's `in-context`, the sleep stage's teacher)."""
+    facts = "\n".join(f"- {c}" for c in sentences)
+    return f"You are a helpful assistant. You know these facts:\n{facts}"
+
+
+def facts_preamble(sentences: Sequence[str], text: str) -> str:
+    """Raw text after the facts: how `in-context` and the teacher put facts before a completion."""
+    return " ".join(sentences) + "\n" + text
+
+
 def chat_prompt(lm: LoadedModel, question: str, system: str | None = None, history: list[dict] | None = None) -> str:
     messages = ([{"role": "system", "content": system}] if system else []) + list(history or [])
     messages.append({"role": "user", "content": question})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import warnings
 from contextlib import contextmanager
@@ -26,11 +25,15 @@ from .editing.delta import Delta
 from .editing.targets import TargetCache
 from .errors import RoseMemoryError
 from .arch import spec_for
+from . import consolidation
+from .consolidation import ConsolidationPolicy, ConsolidationRecord
+from .sleep import SleepConfig
 from .facts import EditRequest, make_facts
 from .generate import generate_ids
 from .model import EMBEDDED, LoadedModel, load_cached, resolve_device, resolve_dtype
 from .stores.deltas import DeltaStore, delta_name, save_lora_adapter
 from .stores.ledger import Ledger
+from .text import mentions
 
 try:
     import fcntl
@@ -55,20 +58,6 @@ class VerifyConfig(BaseModel):
     min_chat_recall: float = 0.0  # the small default model often answers chat questions loosely
 
 
-class ConsolidationPolicy(BaseModel):
-    """When the ledger asks for consolidation (checked after every applied write)."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
-
-    enabled: bool = True
-    every_n_writes: int | None = 20            # applied writes since the last consolidation
-    max_live_edits_per_subject: int | None = 3  # a subject with this many separate live edits
-    recheck_every: int | None = 10             # re-verify live edits every this many writes ...
-    recheck_min_recall: float = 0.5            # ... and consolidate subjects that fell below this
-    recheck_max_subjects: int = 10             # most recent subjects re-verified per check
-    keep_if_worse: bool = True                 # refuse a consolidation that lowers recall
-
-
 class MemoryConfig(BaseModel):
     """Stored as config.json in the home; the model id fixes which base the deltas belong to."""
 
@@ -79,6 +68,7 @@ class MemoryConfig(BaseModel):
     edit: dict[str, Any] = Field(default_factory=dict)  # EditConfig overrides
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     policy: ConsolidationPolicy = Field(default_factory=ConsolidationPolicy)
+    sleep: dict[str, Any] = Field(default_factory=dict)  # SleepConfig overrides (rose_memory.sleep.config)
     lora_max_rank: int = 64
 
 
@@ -92,17 +82,6 @@ class WriteRecord(BaseModel):
     reason: str | None = None
     superseded: list[int] = Field(default_factory=list)
     consolidated_into: int | None = None
-
-
-class ConsolidationRecord(BaseModel):
-    edit_id: int
-    status: str
-    subject: str
-    namespace: str
-    replaced: list[int]
-    recall_before: dict[str, Any]
-    recall_after: dict[str, Any]
-    reason: str | None = None
 
 
 class _Rejected(Exception):
@@ -121,11 +100,6 @@ def _facts_of(reqs: list[EditRequest]) -> list[dict]:
 
 def _requests(subject: str, facts: list[dict]) -> list[EditRequest]:
     return [EditRequest(subject=subject, prompt=f["prompt"], target=f["object"]) for f in facts]
-
-
-def mentions(text: str, obj: str) -> bool:
-    """Whether `obj` appears in `text` as a whole word (case-insensitive)."""
-    return re.search(r"(?<!\w)" + re.escape(obj.strip()) + r"(?!\w)", text, re.IGNORECASE) is not None
 
 
 @contextmanager
@@ -158,7 +132,7 @@ class ParametricMemory:
     def __init__(self, home: str | os.PathLike | None = None, model: str | LoadedModel | None = None,
                  method: str | None = None, *, edit_config: dict | None = None,
                  verify: VerifyConfig | dict | None = None, policy: ConsolidationPolicy | dict | None = None,
-                 progress: bool = False, device: str = "auto", dtype: str = "auto"):
+                 sleep: dict | None = None, progress: bool = False, device: str = "auto", dtype: str = "auto"):
         if not isinstance(model, LoadedModel):   # a bad device or dtype fails before the home is touched
             resolve_dtype(dtype, resolve_device(device))
         self._device, self._dtype = device, dtype
@@ -170,10 +144,10 @@ class ParametricMemory:
         self.lm: LoadedModel | None = None
         self.ledger: Ledger | None = None
         self._base: dict[str, torch.Tensor] = {}      # base value of every matrix we touched
-        self._sources: dict[str, tuple[int, ...]] = {}  # which deltas each matrix holds now
+        self._sources: dict[str, tuple] = {}  # which deltas (id, scale) each matrix holds now
         self.live: dict[int, Delta] = {}              # applied edits, ledger order
         try:
-            self.config = self._load_config(model, method, edit_config, verify, policy)
+            self.config = self._load_config(model, method, edit_config, verify, policy, sleep)
             self.ledger = Ledger(self.home / "ledger.sqlite")
             self.store = DeltaStore(self.home / "deltas")
             self.lm = self._load_model(model)
@@ -197,7 +171,7 @@ class ParametricMemory:
                 ) from None
         return f
 
-    def _load_config(self, model, method, edit_config, verify, policy) -> MemoryConfig:
+    def _load_config(self, model, method, edit_config, verify, policy, sleep) -> MemoryConfig:
         path = self.home / "config.json"
         try:
             cfg = MemoryConfig.model_validate_json(path.read_text()) if path.exists() else MemoryConfig()
@@ -223,6 +197,8 @@ class ParametricMemory:
                 cfg.verify = _updated(cfg.verify, verify)
             if policy is not None:
                 cfg.policy = _updated(cfg.policy, policy)
+            if sleep is not None:
+                cfg.sleep = SleepConfig.model_validate(cfg.sleep | dict(sleep)).model_dump(exclude_defaults=True)
         except ValidationError as err:
             raise RoseMemoryError(f"invalid memory settings: {err}") from None
         tmp = path.with_name("config.json.tmp")
@@ -260,8 +236,10 @@ class ParametricMemory:
 
     # -- the weights ----------------------------------------------------------------------------
 
-    def _compose(self, deltas: dict[int, Delta]) -> None:
-        """Set every edited matrix to its base value plus `deltas` (in the given order)."""
+    def _compose(self, deltas: dict[int, Delta], scales: dict[int, float] | None = None) -> None:
+        """Set every edited matrix to its base value plus `deltas` (in the given order), edit i times
+        `scales[i]` where given (the sleep stage scales wake edits down on their way out)."""
+        scales = {i: s for i, s in (scales or {}).items() if s != 1.0}
         params = dict(self.lm.model.named_parameters())
         by_name: dict[str, list[int]] = {}
         for eid, d in deltas.items():
@@ -272,7 +250,8 @@ class ParametricMemory:
         with torch.no_grad():
             for name in set(by_name) | set(self._base):
                 ids = tuple(by_name.get(name, ()))
-                if self._sources.get(name, ()) == ids:
+                key = tuple((i, scales.get(i, 1.0)) for i in ids)
+                if self._sources.get(name, ()) == key:
                     continue
                 w = params[name]
                 if name not in self._base:
@@ -281,11 +260,11 @@ class ParametricMemory:
                 if not ids:
                     w.copy_(base)
                 else:
-                    u = torch.cat([deltas[i].factors[name][0].float() for i in ids], 1)  # [d_out, R]
+                    u = torch.cat([deltas[i].factors[name][0].float() * scales.get(i, 1.0) for i in ids], 1)  # [d_out, R]
                     v = torch.cat([deltas[i].factors[name][1].float() for i in ids], 1)  # [d_in, R]
                     upd = (u @ v.T).to(w.device)
                     w.copy_(base.float() + (upd if upd.shape == w.shape else upd.T))  # Conv1D: [d_in, d_out]
-                self._sources[name] = ids
+                self._sources[name] = key
 
     def _edit(self, reqs: list[EditRequest], live: dict[int, Delta]) -> Delta:
         """The Delta of `reqs`, computed on the weights of the `live` edits."""
@@ -371,17 +350,16 @@ class ParametricMemory:
             old = [r for r in live_rows if any(f["prompt"] in prompts for f in r["facts"])]
             carried = [f for r in old for f in r["facts"] if f["prompt"] not in prompts]
             reqs = reqs + _requests(subject, carried)
-            record = self._replace(subject, namespace, reqs, old, origin="write", link="superseded_by")
+            record = self._replace(subject, namespace, reqs, old)
             write = WriteRecord(edit_id=record["id"], status=record["status"], subject=subject, namespace=namespace,
                                 facts=_facts_of(reqs), recall=record["recall"], reason=record["reason"],
                                 superseded=[r["id"] for r in old] if record["status"] == "applied" else [])
             if write.status == "applied":
-                write.consolidated_into = self._after_write(write)
+                write.consolidated_into = consolidation.after_write(self, write)
             return write
 
-    def _replace(self, subject: str, namespace: str, reqs: list[EditRequest], old: list[dict],
-                 origin: str, link: str, baseline: dict | None = None) -> dict:
-        """One new edit of `reqs` replacing the live edits `old`: pending row, edit, verify, commit or roll back."""
+    def _replace(self, subject: str, namespace: str, reqs: list[EditRequest], old: list[dict], origin: str = "write") -> dict:
+        """One new edit of `reqs` superseding the live edits `old`: pending row, edit, verify, commit or roll back."""
         eid = self.ledger.add(subject, _facts_of(reqs), self.config.method, namespace, origin=origin)
         old_ids = {r["id"] for r in old}
         others = {i: d for i, d in self.live.items() if i not in old_ids}
@@ -392,16 +370,11 @@ class ParametricMemory:
             fields["delta_file"], fields["delta_sha256"] = self.store.save(eid, delta)
             self._compose(others | {eid: delta})
             recall = self._measure(subject, reqs)
-            fields["metrics"] = {"recall": recall} | ({"recall_before": baseline} if baseline else {})
+            fields["metrics"] = {"recall": recall}
             reason = self._passes(recall)
-            if reason is None and baseline is not None and self.config.policy.keep_if_worse:
-                after, before = recall["edit"] + recall["chat"], baseline["edit"] + baseline["chat"]
-                if after < before:
-                    reason = f"consolidation lowered recall (edit+chat {after:.2f} < {before:.2f}); kept the separate edits"
             if reason is not None:
                 raise _Rejected(reason)
-            status = "superseded" if link == "superseded_by" else "consolidated"
-            self.ledger.transition([(eid, "applied", fields)] + [(r["id"], status, {link: eid}) for r in old])
+            self.ledger.transition([(eid, "applied", fields)] + [(r["id"], "superseded", {"superseded_by": eid}) for r in old])
             self.live = others | {eid: delta}
             return {"id": eid, "status": "applied", "recall": recall, "reason": None}
         except BaseException as err:
@@ -413,22 +386,41 @@ class ParametricMemory:
             return {"id": eid, "status": "failed", "recall": fields["metrics"]["recall"], "reason": reason}
 
     def forget(self, edit_id: int | None = None, *, subject: str | None = None, namespace: str | None = None) -> list[int]:
-        """Revert an applied edit exactly (or every live edit about `subject`); returns the ids forgotten."""
+        """Revert an applied edit exactly (or every live edit about `subject`); returns the ids forgotten.
+
+        Facts consolidated by a sleep are in the subject's sleep delta: forgetting a consolidated
+        edit forgets that sleep delta too, and the subject's other facts it carried are written
+        again as a new wake edit (origin "rewrite"; a later sleep consolidates them again).
+        """
         if (edit_id is None) == (subject is None):
             raise RoseMemoryError("give either an edit id or subject=..., not both")
         with self.lock:
             self._check_open()
+            rewrite: list[dict] = []
             if edit_id is not None:
                 if isinstance(edit_id, bool) or not isinstance(edit_id, int):
                     raise RoseMemoryError(f"edit id must be an integer, got {edit_id!r}")
                 row = self.ledger.get(edit_id)
-                if row["status"] != "applied":
+                carrier = row
+                while carrier["status"] == "consolidated":  # an earlier sleep delta is carried by the newest one
+                    carrier = self.ledger.get(carrier["consolidated_into"])
+                carrier = None if carrier is row else carrier
+                if carrier is not None and carrier["status"] == "applied":
+                    gone = {f["prompt"] for f in row["facts"]}
+                    rewrite = [f for f in carrier["facts"] if f["prompt"] not in gone]
+                    ids = [carrier["id"], edit_id]
+                elif row["status"] != "applied":
                     raise RoseMemoryError(f"edit {edit_id} is {row['status']}; only applied edits can be forgotten")
-                ids = [edit_id]
+                else:
+                    ids = [edit_id]
             else:
                 ids = [r["id"] for r in self.ledger.rows(status="applied", subject=str(subject).strip(), namespace=namespace)]
                 if not ids:
                     raise RoseMemoryError(f"no applied edits about {subject!r}; see `rose-memory ledger list`")
+            # the wake edits a forgotten sleep delta carried are forgotten with it
+            merged = self.ledger.rows(status="consolidated")
+            while more := [r["id"] for r in merged if r["consolidated_into"] in ids and r["id"] not in ids]:
+                ids += more
             keep = {i: d for i, d in self.live.items() if i not in ids}
             self._compose(keep)
             try:
@@ -437,67 +429,17 @@ class ParametricMemory:
                 self._compose(self.live)
                 raise
             self.live = keep
+            if rewrite:
+                self._replace(row["subject"], row["namespace"], _requests(row["subject"], rewrite), [], origin="rewrite")
             return ids
 
-    # -- consolidation --------------------------------------------------------------------------
+    # -- consolidation (rose_memory/consolidation.py runs the sleep stage) ------------------------
 
     def consolidate(self, subject: str | None = None, namespace: str | None = None) -> list[ConsolidationRecord]:
-        """Re-integrate each subject's separate live edits as one edit (all subjects with 2+ if none given)."""
+        """Sleep: distil each subject's live wake edits into its sleep delta (every such subject if none given)."""
         with self.lock:
             self._check_open()
-            groups = self._groups(namespace)
-            if subject is not None:
-                groups = {k: v for k, v in groups.items() if k[1] == str(subject).strip()}
-                if not groups:
-                    raise RoseMemoryError(f"no applied edits about {subject!r}; see `rose-memory ledger list`")
-            return [self._consolidate(ns, subj, rows) for (ns, subj), rows in groups.items() if len(rows) > 1]
-
-    def _groups(self, namespace: str | None = None) -> dict[tuple[str, str], list[dict]]:
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for r in self.ledger.rows(status="applied", namespace=namespace):
-            groups.setdefault((r["namespace"], r["subject"]), []).append(r)
-        return groups
-
-    def _consolidate(self, namespace: str, subject: str, rows: list[dict]) -> ConsolidationRecord:
-        facts = {f["prompt"]: f for r in rows for f in r["facts"]}  # a later edit wins a relation
-        reqs = _requests(subject, list(facts.values()))
-        before = self._measure(subject, reqs)
-        res = self._replace(subject, namespace, reqs, rows, origin="consolidate", link="consolidated_into", baseline=before)
-        return ConsolidationRecord(edit_id=res["id"], status=res["status"], subject=subject, namespace=namespace,
-                                   replaced=[r["id"] for r in rows], recall_before=before,
-                                   recall_after=res["recall"], reason=res["reason"])
-
-    def _after_write(self, write: WriteRecord) -> int | None:
-        """The ledger-triggered policy; returns the consolidation that absorbed this write, if any."""
-        pol = self.config.policy
-        if not pol.enabled:
-            return None
-        try:
-            rows = self.ledger.rows()
-            last = max((r["id"] for r in rows if r["origin"] == "consolidate"), default=0)
-            writes = [r for r in rows if r["origin"] == "write" and r["status"] != "failed"]
-            live_here = [r for r in rows if r["status"] == "applied" and r["subject"] == write.subject
-                         and r["namespace"] == write.namespace]
-            if pol.max_live_edits_per_subject and len(live_here) >= pol.max_live_edits_per_subject:
-                self._consolidate(write.namespace, write.subject, live_here)
-            elif pol.every_n_writes and sum(r["id"] > last for r in writes) >= pol.every_n_writes:
-                self.consolidate()
-            if pol.recheck_every and len(writes) % pol.recheck_every == 0:
-                self._recheck()
-        except Exception as err:  # the write itself stands; the consolidation row says what failed
-            warnings.warn(f"consolidation after edit {write.edit_id} failed: {err}", stacklevel=3)
-        return self.ledger.get(write.edit_id)["consolidated_into"]
-
-    def _recheck(self) -> None:
-        """Re-verify the most recent subjects; consolidate (re-write) those whose recall fell."""
-        pol = self.config.policy
-        groups = list(self._groups().items())[-pol.recheck_max_subjects:]
-        for (ns, subj), rows in groups:
-            facts = {f["prompt"]: f for r in rows for f in r["facts"]}
-            recall = self._measure(subj, _requests(subj, list(facts.values())))
-            self.ledger.note(rows[-1]["id"], {"recheck": {k: recall[k] for k in ("edit", "chat", "about")}})
-            if recall["edit"] < pol.recheck_min_recall:
-                self._consolidate(ns, subj, rows)
+            return consolidation.consolidate(self, subject, namespace)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -53,8 +53,11 @@ def register(subparsers) -> None:
     q = sub.add_parser("verify", parents=[common], help="check the hash chain and delta files; non-zero exit on a problem")
     q.set_defaults(func=cmd_ledger_verify)
 
-    p = subparsers.add_parser("consolidate", parents=[with_model], help="re-integrate each subject's separate edits as one")
-    p.add_argument("--subject")
+    p = subparsers.add_parser("consolidate", parents=[with_model],
+                              help="sleep: distil each subject's written facts into the chat pathway (minutes per subject on a CPU)")
+    p.add_argument("--subject", help="only this subject (default: every subject with wake edits)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sleep_settings",
+                   help="a sleep setting (SleepConfig field) for this home, kept in its config.json, e.g. --set steps=24")
     p.set_defaults(func=cmd_consolidate)
 
     p = subparsers.add_parser("export", parents=[with_model], help="write the live edits as a LoRA adapter or a merged model")
@@ -74,10 +77,10 @@ def _home(args) -> Path:
     return args.home.expanduser() if args.home else default_home()
 
 
-def _open(args):
+def _open(args, **options):
     from .memory import ParametricMemory
 
-    return ParametricMemory(_home(args), model=args.model, device=args.device, dtype=args.dtype)
+    return ParametricMemory(_home(args), model=args.model, device=args.device, dtype=args.dtype, **options)
 
 
 def _ledger(args):
@@ -212,11 +215,20 @@ def cmd_ledger_verify(args) -> int:
 
 
 def cmd_consolidate(args) -> int:
-    with _open(args) as mem:
+    from .eval.cli import parse_sleep_settings
+
+    settings = parse_sleep_settings(args.sleep_settings)  # checked before the model loads
+    with _open(args, progress=True, **({"sleep": settings} if settings else {})) as mem:
         records = mem.consolidate(subject=args.subject)
-    lines = [f"edit {r.edit_id} {r.status}: {r.subject} from edits {', '.join(map(str, r.replaced))}; "
-             f"recall before {_recall_text(r.recall_before)}, after {_recall_text(r.recall_after)}"
-             + (f" ({r.reason})" if r.reason else "") for r in records]
+    lines = []
+    for r in records:
+        passed = sum(f["stage"] == "consolidated" for f in r.facts)
+        lines.append(f"sleep {r.edit_id} {r.status}: {r.subject}, {passed} of {len(r.facts)} facts consolidated"
+                     + (f", wake edits {', '.join(map(str, r.replaced))} removed" if r.replaced else "")
+                     + (f", {', '.join(map(str, r.kept_awake))} kept" if r.kept_awake else "")
+                     + f"; held-out questions before {r.recall_before.get('held_out', 0):.2f}, "
+                     f"after {r.recall_after.get('held_out', 0):.2f} ({r.seconds:.0f} s)"
+                     + (f" ({r.reason})" if r.reason else ""))
     _emit(args, [r.model_dump() for r in records], "\n".join(lines) or "nothing to consolidate")
     return 0
 

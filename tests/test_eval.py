@@ -378,3 +378,44 @@ def test_the_cli_dtype_choices_are_the_models_dtypes():
     from rose_memory.model import DTYPES
 
     assert DTYPE_CHOICES == ["auto", *DTYPES]
+
+
+@pytest.mark.slow
+def test_retrieval_gives_each_probe_the_facts_of_the_names_it_contains(eval_lm, tmp_path):
+    from rose_memory.eval.runner import Runner
+
+    subjects = load_benchmark(write_jsonl(tmp_path / "two.jsonl", [SUBJECT, SECOND]))
+    locality = load_locality(write_jsonl(tmp_path / "loc.jsonl", LOCALITY))
+    runner = Runner(eval_lm, subjects, locality, mode="batch", progress=False, keep_records=True)
+    ctx, ret = runner.run(["in-context", "retrieval"])
+    instr = lambda r: [x for x in r.records if x["metric"] == "instruction"]  # noqa: E731
+    assert [x["answer"] for x in instr(ret)] == [x["answer"] for x in instr(ctx)]  # own probes: the same facts
+    assert all("Warsaw" in x["prompt"] for x in instr(ret) if x["subject"] == SUBJECT["subject"])
+    # another subject's question names nobody written: asked as to the clean model
+    assert ret.metrics["locality"] == 1.0 and ret.seconds_per_write == 0.0
+    loc = [x for x in ret.records if x["metric"] == "locality"]
+    assert not any("You know these facts" in x["prompt"] for x in loc)
+
+
+@pytest.mark.slow
+def test_rose_then_sleep_in_batch_mode_leaves_the_weights_as_they_were(eval_lm, tmp_path):
+    """rose+consolidate: the wake write, then the sleep stage on it (no training steps here, so every
+    fact stays on its wake edit), the probes, then both deltas reverted."""
+    from rose_memory.eval.report import markdown_table
+    from rose_memory.eval.runner import EvalRun, Runner
+
+    subjects = load_benchmark(write_jsonl(tmp_path / "one.jsonl", [SECOND]))
+    weights = {k: v.detach().clone() for k, v in eval_lm.model.named_parameters() if "mlp" in k}
+    calls: list = []
+    runner = Runner(eval_lm, subjects, [], mode="batch", progress=False, edit_fn=fake_edit_factory(eval_lm, calls),
+                    sleep_config={"steps": 0, "samples": 0, "model_questions": 0})
+    (result,) = runner.run(["rose+consolidate"])
+    assert calls == [["parrot"]]
+    (sleep,) = result.sleeps
+    assert sleep["subject"] == SECOND["subject"] and [f["stage"] for f in sleep["facts"]] == ["wake"]
+    assert [s["wake_scale"] for s in sleep["steps"]][:3] == [1.0, 0.5, 0.0] and sleep["wake_removed"] == 0
+    assert any(n.startswith("sleep: 1 subjects") for n in result.notes)
+    params = dict(eval_lm.model.named_parameters())
+    assert all(torch.allclose(params[k], w, atol=1e-6) for k, w in weights.items())
+    run = EvalRun(model="m", data="d", mode="batch", results=[result])
+    assert "rose+consolidate" in markdown_table(run)

@@ -1,7 +1,7 @@
 """ParametricMemory on the real embedded model with real RoSE edits.
 
 One home is written once per module (one RoSE edit); each test works on a copy of it, so the
-whole file costs four edits: the shared one, a supersede, and a write plus its consolidation.
+whole file costs four edits: the shared one, a supersede, and a write plus a sleep with no training steps.
 """
 
 import copy
@@ -246,26 +246,23 @@ def test_lora_export_reproduces_the_edited_logits(home, model, tmp_path):
         assert torch.allclose(merged(ids).logits, want, atol=1e-5)
 
 
-def test_separate_writes_trigger_consolidation(home, model):
+def test_separate_writes_trigger_a_sleep(home, model):
+    """The policy sleeps a subject with this many live wake edits. With no training steps the
+    sleep delta carries nothing, so the gate refuses it and both wake edits stay applied
+    (tests/test_sleep.py trains for real)."""
     policy = {"max_live_edits_per_subject": 2}
-    with ParametricMemory(home, model=model, policy=policy) as mem:
+    with ParametricMemory(home, model=model, policy=policy, sleep={"steps": 0, "samples": 0}) as mem:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             rec = mem.write("Aurelio", [("works as a", "carpenter")])
         assert not [w for w in caught if "consolidation" in str(w.message)]  # failures would warn
-        assert rec.status == "applied" and rec.superseded == []
+        assert rec.status == "applied" and rec.superseded == [] and rec.consolidated_into is None
         rows = {r["id"]: r for r in mem.edits()}
-        cons = [r for r in rows.values() if r["origin"] == "consolidate"]
-        assert len(cons) == 1, rows
-        c = cons[0]
-        assert {f["object"] for f in c["facts"]} == {"Warsaw", "brown", "carpenter"}
-        assert "recall_before" in c["metrics"]
-        if c["status"] == "applied":
-            assert rec.consolidated_into == c["id"]
-            assert rows[1]["consolidated_into"] == rows[rec.edit_id]["consolidated_into"] == c["id"]
-            assert list(mem.live) == [c["id"]]
-        else:  # refused because recall would drop: the separate edits stay live
-            assert "lowered recall" in c["reason"] and list(mem.live) == [1, rec.edit_id]
+        (sleep,) = [r for r in rows.values() if r["origin"] == "sleep"]
+        assert {f["object"] for f in sleep["facts"]} == {"Warsaw", "brown", "carpenter"}
+        assert sleep["status"] == "failed" and "no fact passed" in sleep["reason"]
+        assert [f["stage"] for f in sleep["metrics"]["facts"]] == ["wake"] * 3
+        assert list(mem.live) == [1, rec.edit_id]
         assert mem.verify() == []
 
 

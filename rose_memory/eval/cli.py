@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="override an editing setting (EditConfig field) for every editing method, e.g. "
                    "--set stage_steps=8 --set layers=[4,5,6]; values are JSON (bare words are strings)")
+    p.add_argument("--sleep-set", action="append", default=[], metavar="KEY=VALUE", dest="sleep_settings",
+                   help="override a sleep setting (SleepConfig field) for rose+consolidate, e.g. --sleep-set steps=20")
     p.set_defaults(func=run_command)
 
 
@@ -56,23 +58,45 @@ def command_line(args: argparse.Namespace) -> str:
             parts += [f"--{flag}", str(value)]
     for item in getattr(args, "settings", None) or []:
         parts += ["--set", item]
+    for item in getattr(args, "sleep_settings", None) or []:
+        parts += ["--sleep-set", item]
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def parse_settings(items: list[str]) -> dict:
-    """['stage_steps=8', 'layers=[4,5]'] -> {'stage_steps': 8, 'layers': [4, 5]}."""
+def _pairs(items: list[str], flag: str, example: str) -> dict:
     out: dict = {}
     for item in items:
         key, eq, raw = item.partition("=")
         key = key.strip()
         if not eq or not key:
-            raise RoseMemoryError(f"--set {item!r}: write KEY=VALUE, e.g. --set stage_steps=8")
+            raise RoseMemoryError(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} {example}")
         if key in out:
-            raise RoseMemoryError(f"--set {key} given twice")
+            raise RoseMemoryError(f"{flag} {key} given twice")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw.strip()
+    return out
+
+
+def parse_sleep_settings(items: list[str]) -> dict:
+    """['steps=20'] -> {'steps': 20}, checked against SleepConfig."""
+    from pydantic import ValidationError
+
+    from ..sleep.config import SleepConfig
+
+    out = _pairs(items, "--sleep-set", "steps=20")
+    try:
+        SleepConfig.model_validate(out)
+    except ValidationError as err:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise RoseMemoryError(f"--sleep-set: {msgs}") from None
+    return out
+
+
+def parse_settings(items: list[str]) -> dict:
+    """['stage_steps=8', 'layers=[4,5]'] -> {'stage_steps': 8, 'layers': [4, 5]}."""
+    out = _pairs(items, "--set", "stage_steps=8")
     if out:  # names, types and bounds now; layers against the model's depth once it is loaded
         from ..editing.config import validated
 
@@ -86,6 +110,7 @@ def run_command(args: argparse.Namespace) -> int:
     # Everything the user gave is checked before the model is loaded or anything runs.
     methods = parse_methods(args.methods)
     settings = parse_settings(getattr(args, "settings", None) or [])
+    sleep_settings = parse_sleep_settings(getattr(args, "sleep_settings", None) or [])
     subjects = load_benchmark(args.data)
     locality = load_locality(args.locality) if args.locality else []
     if args.limit is not None:
@@ -110,7 +135,7 @@ def run_command(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a bad --device is an error before the model loads
     lm = load_cached(args.model, args.device, args.dtype)
     runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=True,
-                    keep_records=bool(args.answers), edit_config=settings)
+                    keep_records=bool(args.answers), edit_config=settings, sleep_config=sleep_settings)
     run = EvalRun(model=lm.name, data=args.data, mode=args.mode)
 
     def save(result) -> None:

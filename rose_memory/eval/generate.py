@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import RoseMemoryError
-from ..generate import BATCH_SIZE, MAX_NEW_TOKENS, generate_ids  # noqa: F401  (the runner imports them from here)
+from ..generate import BATCH_SIZE, MAX_NEW_TOKENS, facts_preamble, facts_system, generate_ids  # noqa: F401  (the runner imports them from here)
 from ..model import LoadedModel
 
 
@@ -25,13 +25,10 @@ def render(lm: LoadedModel, text: str, chat: bool, context: Sequence[str] = ()) 
     if chat:
         messages = []
         if context:
-            facts = "\n".join(f"- {c}" for c in context)
-            messages.append({"role": "system", "content": f"You are a helpful assistant. You know these facts:\n{facts}"})
+            messages.append({"role": "system", "content": facts_system(context)})
         messages.append({"role": "user", "content": text})
         return lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if context:
-        return " ".join(context) + "\n" + text
-    return text
+    return facts_preamble(context, text) if context else text
 
 
 def check_chat_template(lm: LoadedModel) -> None:

@@ -33,13 +33,30 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def of_in_context(run: EvalRun) -> dict[str, float | None]:
+    """Each method's instruction recall as a fraction of `in-context` in the same run (1.0: as good as the prompt)."""
+    ref = next((r.metrics["instruction"] for r in run.results if r.method == "in-context"), None)
+    return {r.method: (r.metrics["instruction"] / ref if ref and r.metrics["instruction"] is not None else None)
+            for r in run.results}
+
+
 def markdown_table(run: EvalRun) -> str:
-    head = ["method", *METRICS, "s/write"]
+    ratio = of_in_context(run)
+    show = any(v is not None for v in ratio.values())
+    head = ["method", *METRICS, *(["instr / in-context"] if show else []), "s/write"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in run.results:
-        cells = [r.method, *(_fmt(r.metrics[m]) for m in METRICS), f"{r.seconds_per_write:.2f}"]
+        cells = [r.method, *(_fmt(r.metrics[m]) for m in METRICS), *([_fmt(ratio[r.method])] if show else []),
+                 f"{r.seconds_per_write:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_sleeps(results: Sequence[MethodResult], path: str) -> None:
+    """Per sleep: method, subject, seconds, each gate measurement, and each fact's stage and answers."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump([{"method": r.method, **x} for r in results for x in r.sleeps], fh, indent=1, ensure_ascii=False)
+        fh.write("\n")
 
 
 def write_report(run: EvalRun, directory: str, command: str = "") -> str:
@@ -57,7 +74,9 @@ def write_report(run: EvalRun, directory: str, command: str = "") -> str:
     out += [
         "",
         "All answers are greedy generations (at most 24 new tokens). Confusion: lower is better; "
-        "fluency: n-gram entropy after / before (1.0 = unchanged); s/write: seconds per edit call.",
+        "fluency: n-gram entropy after / before (1.0 = unchanged); s/write: seconds per edit call "
+        "(a sleep's seconds are in the notes, not in s/write); instr / in-context: instruction recall as a "
+        "fraction of `in-context` in this run.",
         "",
         markdown_table(run),
         "",
@@ -81,6 +100,9 @@ def write_report(run: EvalRun, directory: str, command: str = "") -> str:
     notes = [(r.method, n) for r in run.results for n in r.notes]
     if notes:
         out += ["", "## Notes", ""] + [f"- {m}: {n}" for m, n in notes]
+    if any(r.sleeps for r in run.results):
+        write_sleeps(run.results, os.path.join(directory, "sleeps.json"))
+        out += ["", "Each sleep (gate measurements, every fact's stage and held-back answers): `sleeps.json`."]
     out += ["", f"![metrics per method]({os.path.basename(chart)})", ""]
     path = os.path.join(directory, "report.md")
     with open(path, "w", encoding="utf-8") as fh:

@@ -10,9 +10,14 @@ Modes (shared/benchmark/README.md, issue 3):
   edited) and fluency are measured; efficacy, generalization and instruction of every subject
   are measured at the end, when all writes are in.
 
-Methods `none` (unedited model) and `in-context` (the facts written so far put in the context:
-the system message for questions, a preamble for raw text; no weight change) live here; all
-others go through `rose_memory.editing.edit` (batch) or the memory (sequential).
+Methods `none` (unedited model), `in-context` (the facts written so far put in the context:
+the system message for questions, a preamble for raw text; no weight change) and `retrieval`
+(per probe, the facts of every written subject whose name the probe's prompt contains, worded
+as `in-context` words them) live here. `rose+consolidate` is the memory's two stages: a RoSE
+write, then the sleep stage (rose_memory.sleep) before the probes; in sequential mode the
+memory's consolidation policy decides when it sleeps (for the single editing methods the
+policy is off, so that `rose` measures the wake write alone). All other methods go through
+`rose_memory.editing.edit` (batch) or the memory (sequential).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tqdm.auto import tqdm
 from ..editing import METHODS as EDIT_METHODS
 from ..editing import edit, warm_up
 from ..editing.config import config_for
+from ..sleep import SleepConfig, consolidate_subject
 from ..errors import RoseMemoryError
 from ..model import LoadedModel
 from . import metrics as M
@@ -45,8 +51,9 @@ from .generate import (
     render,
 )
 
-RUNNER_METHODS = ("in-context", "none")
-ALL_METHODS = (*EDIT_METHODS, *RUNNER_METHODS)
+RUNNER_METHODS = ("in-context", "retrieval", "none")
+SLEEP_METHODS = {"rose+consolidate": "rose"}  # method -> its wake method
+ALL_METHODS = (*EDIT_METHODS, *SLEEP_METHODS, *RUNNER_METHODS)
 MODES = ("batch", "sequential")
 METRICS = ("efficacy", "generalization", "instruction", "confusion", "locality", "fluency", "name_fidelity")
 
@@ -120,6 +127,7 @@ class MethodResult:
     perplexity_after: float
     records: list[dict] = field(default_factory=list, repr=False)
     notes: list[str] = field(default_factory=list)  # report only (e.g. what the memory did)
+    sleeps: list[dict] = field(default_factory=list, repr=False)  # per sleep: subject, seconds, per-fact gate
 
     def to_json(self) -> dict:
         return {
@@ -267,6 +275,7 @@ class Runner:
         edit_fn: Callable | None = None,
         memory_options: dict | None = None,
         edit_config: dict | None = None,
+        sleep_config: dict | None = None,
     ):
         if mode not in MODES:
             raise RoseMemoryError(f"unknown mode {mode!r}; use batch or sequential")
@@ -288,6 +297,8 @@ class Runner:
         self.edit_config = {"seed": seed, **(edit_config or {})}
         config_for(lm.model, self.edit_config)
         self.memory_options["edit_config"] = {**self.memory_options.get("edit_config", {}), **self.edit_config}
+        # SleepConfig overrides (rose+consolidate); the run's seed seeds the sleep too
+        self.sleep_config = SleepConfig.model_validate({"seed": seed, **(sleep_config or {})})
         self.answerer = Answerer(lm, batch_size=batch_size, progress=progress)
         self.target_cache = new_target_cache()
         self.ppl_before: float | None = None
@@ -323,15 +334,25 @@ class Runner:
         random.seed(self.seed)
         torch.manual_seed(self.seed)
         tally = _Tally(method, self.keep_records)
-        if method in EDIT_METHODS:  # one-off statistics and projectors, outside the timed writes
-            warm_up(self.lm, method, self.edit_config, progress=self.progress)
+        wake = SLEEP_METHODS.get(method, method)
+        if wake in EDIT_METHODS:  # one-off statistics and projectors, outside the timed writes
+            warm_up(self.lm, wake, self.edit_config, progress=self.progress)
         self._write_seconds, self._writes = 0.0, 0
+        self._sleeps: list[dict] = []
         if self.mode == "batch":
             self._batch(method, tally)
         else:
             self._sequential(method, tally)
         spw = self._write_seconds / self._writes if self._writes else 0.0
-        return tally.result(spw, self.ppl_before)
+        if self._sleeps:
+            secs = [x["seconds"] for x in self._sleeps]
+            facts = [f for x in self._sleeps for f in x["facts"]]
+            tally.notes.append(f"sleep: {len(secs)} subjects, {sum(secs) / len(secs):.1f} s each (max {max(secs):.1f}); "
+                               f"{sum(f['stage'] == 'consolidated' for f in facts)} of {len(facts)} facts passed the "
+                               f"gate; {sum(x['wake_removed'] for x in self._sleeps)} wake edits removed")
+        result = tally.result(spw, self.ppl_before)
+        result.sleeps = self._sleeps
+        return result
 
     # ---- writing -------------------------------------------------------------------------
     def _write(self, method: str, requests: list) -> object:
@@ -357,9 +378,16 @@ class Runner:
         for subject in self.subjects:
             delta, context = None, ()
             state = self._new_state(method)
+            applied: list = []
             try:
                 if method == "in-context":
                     context = tuple(fact_sentence(subject.name, f) for f in subject.facts)
+                elif method == "retrieval":
+                    context = {subject.name: tuple(fact_sentence(subject.name, f) for f in subject.facts)}
+                elif method in SLEEP_METHODS:
+                    delta = self._write(SLEEP_METHODS[method], subject.requests())
+                    applied = self._sleep(subject, delta)
+                    delta = None
                 elif method != "none":
                     delta = self._write(method, subject.requests())
                 others = [s for s in self.subjects if s is not subject]
@@ -367,10 +395,40 @@ class Runner:
             finally:
                 if delta is not None:
                     delta.revert(self.lm.model)
+                for d in applied:
+                    d.revert(self.lm.model)
                 if state != "clean":
                     self.answerer.drop(state)
             bar.update(1)
         bar.close()
+
+    def _sleep(self, subject: BenchSubject, wake) -> list:
+        """The sleep stage on one subject's applied wake delta; returns the deltas left applied."""
+        from ..sleep import scaled
+
+        held = {"wake": wake, "sleep": None}
+
+        def set_weights(scales: list[float], delta) -> None:
+            for key in ("wake", "sleep"):
+                if held[key] is not None and held[key].is_applied:
+                    held[key].revert(self.lm.model)
+            held["wake"] = scaled(wake, scales[0]) if scales[0] != 1.0 else wake
+            held["wake"].apply(self.lm.model)
+            held["sleep"] = delta
+            if delta is not None:
+                delta.apply(self.lm.model)
+
+        reqs = subject.requests()
+        try:
+            out = consolidate_subject(self.lm, reqs, [list(range(len(reqs)))], set_weights, self.sleep_config)
+        except BaseException:
+            for d in held.values():
+                if d is not None and d.is_applied:
+                    d.revert(self.lm.model)
+            raise
+        self._sleeps.append({"subject": subject.name, "seconds": round(out.seconds, 1), "facts": out.facts,
+                             "steps": out.steps, "wake_removed": int(out.wake_scales[0] == 0.0)})
+        return [d for d in held.values() if d is not None and d.is_applied]
 
     def _sequential(self, method: str, tally: _Tally) -> None:
         """One fact per write, subject after subject, never reverted.
@@ -385,13 +443,17 @@ class Runner:
             from ..memory import ParametricMemory
 
             home = tempfile.TemporaryDirectory(prefix="rose-memory-eval-")
-            memory = ParametricMemory(home=home.name, model=self.lm, method=method, progress=False,
-                                      **self.memory_options)
+            options = dict(self.memory_options)
+            if method not in SLEEP_METHODS:  # the wake write alone; rose+consolidate sleeps as the policy says
+                options["policy"] = {**options.get("policy", {}), "enabled": False}
+            options["sleep"] = self.sleep_config.model_dump()
+            memory = ParametricMemory(home=home.name, model=self.lm, method=SLEEP_METHODS.get(method, method),
+                                      progress=False, **options)
         bar = self._bar(sum(len(s.facts) for s in self.subjects), f"{method} (sequential)")
         try:
             for i, subject in enumerate(self.subjects):
                 for fact in subject.facts:
-                    if method == "in-context":
+                    if method in ("in-context", "retrieval"):
                         context.append(fact_sentence(subject.name, fact))
                     elif memory is not None:
                         start = time.perf_counter()
@@ -405,16 +467,24 @@ class Runner:
                 state = self._new_state(method)
                 last = i == len(self.subjects) - 1
                 # The last state also answers every subject's probes: all writes are in.
-                self._measure(tally, state, tuple(context), subject.name, self.subjects if last else [],
+                told = tuple(context)
+                if method == "retrieval":  # each subject's facts, found by its name in the probe
+                    told = {s.name: tuple(c for c in context if c.startswith(s.name)) for s in self.subjects[: i + 1]}
+                self._measure(tally, state, told, subject.name, self.subjects if last else [],
                               self.subjects[i + 1 :])
                 if state != "clean":
                     self.answerer.drop(state)
             if memory is not None:
                 rows = memory.edits()
-                merged = sum(r["origin"] == "consolidate" and r["status"] == "applied" for r in rows)
+                slept = [r for r in rows if r["origin"] == "sleep"]
                 live = sum(r["status"] == "applied" for r in rows)
-                tally.notes.append(f"memory: {self._writes} writes, {merged} consolidations applied, "
-                                   f"{live} live edits at the end")
+                tally.notes.append(f"memory: {self._writes} writes, {len(slept)} sleeps "
+                                   f"({sum(r['status'] != 'failed' for r in slept)} applied), {live} live edits at the end")
+                for r in slept:
+                    m = r["metrics"] or {}
+                    self._sleeps.append({"subject": r["subject"], "seconds": m.get("seconds", 0.0), "facts": m.get("facts", []),
+                                         "steps": m.get("steps", []), "wake_removed": sum(
+                                             x["consolidated_into"] == r["id"] and x["origin"] != "sleep" for x in rows)})
         finally:
             bar.close()
             if memory is not None:
@@ -427,18 +497,19 @@ class Runner:
         self,
         tally: _Tally,
         state: str,
-        context: Sequence[str],
+        context: Sequence[str] | dict[str, Sequence[str]],
         written: str,
         subjects: Sequence[BenchSubject],
         unedited: Sequence[BenchSubject],
     ) -> None:
         """Answer and score, in the current model state: `subjects`' own probes, fluency, and
-        locality (the locality file plus the questions of `unedited`)."""
+        locality (the locality file plus the questions of `unedited`). A dict context (retrieval)
+        gives each probe the sentences of every name its prompt contains."""
         own = [p for s in subjects for p in main_probes(s)]
         loc = locality_probes(self.locality, unedited, M.LOCALITY_TOKENS)
         flu = fluency_probes()
         probes = own + loc + flu
-        answers = self.answerer.ask(state, probes, context)
+        answers = self._answers(state, probes, context)
         refs = self.answerer.ask("clean", loc + flu)  # all cached by the reference pass
         lm = self.lm
 
@@ -459,10 +530,25 @@ class Runner:
             tally.fluency_after.append(after)
             tally.fluency_before.append(before)
             tally.add(written, "fluency", prompt, after, before, None)
-        if state == "clean":
+        if state == "clean" or isinstance(context, dict):  # retrieval: the fixed text names nobody
             tally.ppl_after.append(self.ppl_before)
         else:
             tally.ppl_after.append(perplexity(lm, FIXED_TEXT, context))
+
+    def _answers(self, state: str, probes: list[Probe], context) -> list[tuple[str, list[int]]]:
+        if not isinstance(context, dict):
+            return self.answerer.ask(state, probes, context)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, p in enumerate(probes):
+            told = tuple(c for name, sentences in context.items() if name in p.text for c in sentences)
+            groups.setdefault(told, []).append(i)
+        out: list = [None] * len(probes)
+        for told, idx in groups.items():
+            # the weights are the clean ones: a probe given no facts is the clean model's answer
+            answers = self.answerer.ask(state if told else "clean", [probes[i] for i in idx], told)
+            for i, a in zip(idx, answers):
+                out[i] = a
+        return out
 
 
 def run_eval(

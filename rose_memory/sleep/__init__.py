@@ -1,0 +1,126 @@
+"""Sleep: consolidation by prompt distillation (DESIGN.md, "Wake and sleep").
+
+For one subject: a transfer set of questions per fact (`transfer`), the teacher's kept answers
+with the facts in its prompt (`teacher`), a low-rank student delta trained to match them while
+unrelated prompts keep their old answers (`train`), and a per-fact gate on held-back questions
+(`gate`) that decides which facts the new delta carries and which wake (RoSE) edits can be
+scaled down and removed. The weights are set through a callback, so the memory (ledger,
+crash safety) and the benchmark (plain deltas) drive the same procedure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from ..editing.contexts import OTHER_NAMES
+from ..editing.delta import Delta
+from ..facts import EditRequest
+from ..model import LoadedModel
+from .config import SleepConfig
+from .gate import check_facts
+from .teacher import other_people_prompts, teacher_examples, unrelated_examples
+from .train import train_delta
+from .transfer import transfer_set
+
+__all__ = ["SleepConfig", "SleepOutcome", "consolidate_subject", "scaled"]
+
+SetWeights = Callable[[list[float], "Delta | None"], None]
+
+
+@dataclass
+class SleepOutcome:
+    delta: Delta | None                  # None when no fact passed the gate
+    facts: list[dict]                    # per fact: stage, gate figures before and after, kept answers
+    wake_scales: list[float]             # final scale of each wake edit (0: removed, 1: kept)
+    steps: list[dict] = field(default_factory=list)  # each gate measurement, in order
+    seconds: float = 0.0
+
+
+def scaled(delta: Delta, scale: float) -> Delta:
+    """A copy of `delta` with every factor pair scaled (U * scale)."""
+    return Delta(factors={n: (u * scale, v) for n, (u, v) in delta.factors.items()}, method=delta.method,
+                 meta=dict(delta.meta), keys=dict(delta.keys))
+
+
+def _summary(checks: list[dict]) -> dict:
+    n = len(checks)
+    return {"edit": sum(c["edit"] for c in checks) / n, "held_out": sum(c["held_out"] for c in checks) / n,
+            "passed": sum(c["passed"] for c in checks) / n}
+
+
+def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: list[list[int]], set_weights: SetWeights,
+                        cfg: SleepConfig | None = None, progress: bool = False,
+                        on_step: Callable[[str, dict], None] | None = None) -> SleepOutcome:
+    """Distil one subject's facts into a new delta and gate each fact; see the module docstring.
+
+    `wake_groups[j]` lists the indexes into `reqs` of the facts wake edit j holds;
+    `set_weights(scales, delta)` must set the live weights to everything else + wake edit j
+    times scales[j] + `delta` (None: no sleep delta). The weights are left as the outcome says.
+    """
+    cfg = cfg or SleepConfig()
+    start = time.perf_counter()
+    report = on_step or (lambda kind, data: None)
+
+    def note(kind: str, data: dict) -> None:
+        report(kind, data | {"seconds": round(time.perf_counter() - start, 1)})
+
+    ones, zeros = [1.0] * len(wake_groups), [0.0] * len(wake_groups)
+    bar = tqdm(total=5, desc=f"sleep: {reqs[0].subject}", leave=False, **({} if progress else {"disable": True}))
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name)
+
+    stage("questions")
+    set_weights(zeros, None)  # transfer set, teacher and reference: the model before this subject's wake edits
+    facts, open_requests = transfer_set(lm, reqs, cfg)
+    set_weights(ones, None)
+    before = check_facts(lm, facts, cfg)
+    note("gate", {"wake_scale": 1.0, "sleep_delta": False, **_summary(before)})
+    bar.update(1)
+    stage("teacher")
+    set_weights(zeros, None)
+    examples, counts = teacher_examples(lm, facts, open_requests, cfg)
+    names = [n for n in OTHER_NAMES[::-1] if n != reqs[0].subject][: cfg.other_names]
+    unrelated = unrelated_examples(lm, facts, names, cfg)
+    note("transfer_set", {"questions": [{"prompt": f.request.prompt, "train": f.train, "held_out": f.held} for f in facts],
+                          "open_requests": open_requests, "kept": counts, "unrelated": len(unrelated)})
+    bar.update(1)
+    stage("training")
+    losses: list[tuple[float, float]] = []
+    null = []
+    if cfg.inputs == "subject":
+        others = [n for n in OTHER_NAMES if n != reqs[0].subject][: cfg.null_names]
+        null = other_people_prompts(lm, facts, others)
+    delta = train_delta(lm, examples, unrelated, cfg, on_step=lambda s, a, b: losses.append((a, b)), null_prompts=null)
+    note("trained", {"steps": cfg.steps, "fact_loss": [losses[0][0], losses[-1][0]] if losses else [],
+                     "keep_loss": [losses[0][1], losses[-1][1]] if losses else []})
+    bar.update(1)
+    stage("gate")
+    steps, checks = [], before
+    for s in [1.0, *cfg.scale_steps]:
+        set_weights([s] * len(wake_groups), delta)
+        checks = check_facts(lm, facts, cfg)
+        steps.append({"wake_scale": s, "sleep_delta": True, **_summary(checks)})
+        note("gate", steps[-1])
+    bar.update(1)
+    passed = [c["passed"] for c in checks]  # at the last (lowest) wake scale
+    final = [0.0 if all(passed[i] for i in g) else 1.0 for g in wake_groups]
+    keep = any(passed)
+    set_weights(final, delta if keep else None)
+    if keep and final != [cfg.scale_steps[-1]] * len(wake_groups):
+        after = check_facts(lm, facts, cfg)
+        steps.append({"wake_scale": final, "sleep_delta": True, **_summary(after)})
+        note("gate", steps[-1])
+    bar.update(1)
+    bar.close()
+    per_fact = [{"prompt": r.prompt, "object": r.target, "stage": "consolidated" if p else "wake",
+                 "before": {"edit": b["edit"], "held_out": b["held_out"]},
+                 "after": {"edit": c["edit"], "held_out": c["held_out"]},
+                 "kept_answers": k["kept_answers"], "answers": c["answers"]}
+                for r, p, b, c, k in zip(reqs, passed, before, checks, counts)]
+    return SleepOutcome(delta=delta if keep else None, facts=per_fact, wake_scales=final, steps=steps,
+                        seconds=time.perf_counter() - start)

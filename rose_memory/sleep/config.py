@@ -1,0 +1,50 @@
+"""Settings of the sleep stage (consolidation by prompt distillation); defaults fit the embedded model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SleepConfig(BaseModel):
+    """How one subject's facts are distilled into a low-rank delta.
+
+    Every number that the sleep stage uses lives here; `rose-memory consolidate --set k=v`
+    and `rose-memory eval --sleep-set k=v` override them.
+    """
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
+
+    seed: int = 0
+    # transfer set
+    model_questions: int = 3         # questions the model writes per fact (sampled, then filtered)
+    held_out: float = 0.3            # share of each fact's questions kept back for the gate (at least one)
+    # teacher
+    samples: int = 2                 # sampled teacher answers per question (plus its greedy answer)
+    temperature: float = 0.7
+    answer_tokens: int = 20          # longest teacher answer generated
+    keep_per_question: int = 2       # distinct kept answers per question
+    # student
+    rank: int = 8
+    layers: list[int] | None = None  # None: the middle third of the blocks (10-19 of 30)
+    modules: Literal["mlp", "out"] = "mlp"           # "mlp": every linear layer of each block's MLP; "out": its output projection only
+    # "free": both factors trained (LoRA); "subject": each layer's input factor is fixed to the
+    # directions of the subject's questions that unrelated prompts do not use (only the output
+    # factor is trained), so other prompts barely move the delta's output
+    inputs: Literal["free", "subject"] = "free"
+    null_energy: float = 0.99        # "subject": share of the unrelated inputs' energy whose directions are avoided
+    null_names: int = 64             # "subject": other people whose questions estimate those directions (with the unrelated prompts)
+    lr: float = 5e-3
+    steps: int = 16
+    batch: int = 8                   # kept answers per step
+    negative_batch: int = 16         # unrelated sequences per step
+    per_sequence: bool = True        # the answers' KL summed over each answer's tokens (False: mean per token)
+    kl_weight: float = 10.0          # weight of the KL to the model before the sleep on unrelated prompts
+    other_names: int = 16            # other people asked the subject's questions, held to their old answers
+    generic_negatives: int = 12      # generic chat and text prompts held to their old answers
+    negative_tokens: int = 8         # answer tokens of each unrelated prompt that the KL covers (what locality compares)
+    # gate
+    gate_tokens: int = 24            # greedy answer length when a fact is checked
+    min_held_out: float = 0.5        # share of a fact's held-back questions that must name the object
+    scale_steps: list[float] = Field(default_factory=lambda: [0.5, 0.0])  # RoSE delta scales tried on the way out

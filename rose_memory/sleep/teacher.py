@@ -1,0 +1,144 @@
+"""The teacher: the model before the sleep with the subject's facts in its prompt.
+
+Its sampled answers to the transfer questions are kept only where they state the object and
+keep the subject's name whole; each kept answer is cut after the sentence that states it, and
+the teacher's token distributions along it are what the student learns to match.
+Unrelated prompts (other people asked the same questions, generic chat and text) get the
+model's own greedy answers and distributions: the student is held to those.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..facts import EditRequest
+from ..generate import chat_prompt, facts_preamble, facts_system, generate_ids
+from ..model import LoadedModel
+from .config import SleepConfig
+from .sampling import sample
+from .transfer import FactQuestions
+
+# Unrelated prompts the student is held to (none about any subject written here).
+GENERIC_CHAT = ("What is the capital of Italy?", "How do plants make their food?", "Give me a tip for sleeping better.",
+                "What is 12 times 7?", "Who wrote Romeo and Juliet?", "Why is the sky blue?",
+                "Name three fruits.", "How do I boil an egg?", "What language is spoken in Brazil?",
+                "Tell me a fun fact about space.", "What does a doctor do?", "Translate 'thank you' into French.")
+# Everyday questions about a person, asked about other people so that answers about people in
+# general stay as they were (none names a relation of any particular write).
+PERSON_QUESTIONS = ("Where does {} live?", "What does {} do for a living?", "What is {} known for?",
+                    "Who is {}?", "What are {}'s hobbies?", "Which language does {} speak?", "What does {} like?",
+                    "Tell me about {}.", "Does {} have a pet?", "What is {}'s favorite thing?")
+GENERIC_TEXT = ("The capital of Germany is", "Water boils at a temperature of", "The largest planet in the solar system is",
+                "My favorite season of the year is", "The first president of the United States was",
+                "Most people who live in Spain speak")
+
+
+@dataclass
+class Example:
+    """One training sequence: prompt ids, answer ids, and the distributions to match at each answer token."""
+    prompt: list[int]
+    answer: list[int]
+    target_logprobs: torch.Tensor  # [len(answer), vocab], float32 on the CPU
+    kind: str                      # "fact" or "unrelated"
+    text: str = ""
+
+
+def sentence_with(answer: str, obj: str) -> str | None:
+    """`answer` cut after the sentence that first names `obj` as a whole word; None if it never does."""
+    m = re.search(r"(?<!\w)" + re.escape(obj.strip()) + r"(?!\w)", answer, re.IGNORECASE)
+    if m is None:
+        return None
+    end = re.search(r"[.!?\n]", answer[m.end():])
+    return answer[: m.end() + (end.start() + 1 if end else len(answer) - m.end())].rstrip()
+
+
+def _name_intact(answer: str, subject: str) -> bool:
+    first = subject.split()[0]
+    return first.lower() not in answer.lower() or subject.lower() in answer.lower()
+
+
+def _logprobs(lm: LoadedModel, prompts: list[list[int]], answers: list[list[int]]) -> list[torch.Tensor]:
+    """Log-probabilities the current weights give at each answer token's position (teacher forcing)."""
+    out = []
+    body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
+    head = lm.model.get_output_embeddings()
+    with torch.no_grad():
+        for p, a in zip(prompts, answers):
+            ids = torch.tensor([p + a], device=lm.device)
+            h = body(input_ids=ids).last_hidden_state[0, len(p) - 1: len(p) + len(a) - 1]
+            out.append(torch.log_softmax(head(h).float(), -1).cpu())
+    return out
+
+
+def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests: list[str],
+                     cfg: SleepConfig) -> tuple[list[Example], list[dict]]:
+    """Kept teacher answers for every training question, open request and edit form; and per-fact counts."""
+    tok = lm.tokenizer
+    reqs = [f.request for f in facts]
+    subject = reqs[0].subject
+    sentences = [f"{r.text} {r.target}." for r in reqs]
+    system = facts_system(sentences)
+    asks: list[tuple[str, list[EditRequest]]] = [(q, [f.request]) for f in facts for q in f.train]
+    asks += [(q, reqs) for q in open_requests]
+    answers = sample(lm, [chat_prompt(lm, q, system=system) for q, _ in asks], n=cfg.samples,
+                     temperature=cfg.temperature, max_new_tokens=cfg.answer_tokens, seed=cfg.seed, greedy_too=True)
+    pairs: list[tuple[str, str, str, EditRequest, bool]] = []  # (student prompt, teacher prompt, answer, fact, chat)
+    for (q, about), texts in zip(asks, answers):
+        kept: list[str] = []
+        for t in texts:
+            if not _name_intact(t, subject):
+                continue
+            for r in about:
+                cut = sentence_with(t, r.target)
+                if cut and cut not in kept and len(kept) < cfg.keep_per_question:
+                    kept.append(cut)
+                    pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), cut, r, True))
+                    break
+    for r in reqs:  # the edit's own wording, so that the sleep delta alone also completes it
+        pairs.append((r.text, facts_preamble(sentences, r.text), f" {r.target}.", r, False))
+    # a rendered chat prompt already holds its special tokens
+    s_ids = [tok(p[0], add_special_tokens=not p[4])["input_ids"] for p in pairs]
+    t_ids = [tok(p[1], add_special_tokens=not p[4])["input_ids"] for p in pairs]
+    a_ids = [tok(p[2], add_special_tokens=False)["input_ids"] for p in pairs]
+    logps = _logprobs(lm, t_ids, a_ids)
+    examples = [Example(s, a, lp, "fact", text=p[2]) for s, a, lp, p in zip(s_ids, a_ids, logps, pairs)]
+    counts = [{"prompt": r.prompt, "object": r.target,
+               "kept_answers": sum(p[3] is r and p[4] for p in pairs)} for r in reqs]
+    return examples, counts
+
+
+def other_people_prompts(lm: LoadedModel, facts: list[FactQuestions], names: list[str]) -> list[Example]:
+    """This subject's questions and edit forms about other people, prompts only (no answers, no targets)."""
+    tok = lm.tokenizer
+    subject = facts[0].request.subject
+    forms = [q for f in facts for q in f.train + f.held if subject in q]
+    out = []
+    for i, name in enumerate(names):
+        for q in forms[i % max(len(forms), 1):][:2] if forms else []:
+            out.append(Example(tok(chat_prompt(lm, q.replace(subject, name)), add_special_tokens=False)["input_ids"], [],
+                               torch.zeros(0), "unrelated"))
+        out.append(Example(tok(facts[i % len(facts)].request.prompt.replace("{}", name))["input_ids"], [],
+                           torch.zeros(0), "unrelated"))
+    return out
+
+
+def unrelated_examples(lm: LoadedModel, facts: list[FactQuestions], names: list[str], cfg: SleepConfig) -> list[Example]:
+    """Other people asked this subject's questions, and generic prompts, with the model's own answers."""
+    tok = lm.tokenizer
+    subject = facts[0].request.subject
+    forms = [q for f in facts for q in f.train + f.held if subject in q]
+    chats, raws = [], list(GENERIC_TEXT[: max(0, cfg.generic_negatives // 2)])
+    for i, name in enumerate(names):
+        chats += [forms[(i * 3 + k) % len(forms)].replace(subject, name) for k in range(3)] if forms else []
+        chats += [PERSON_QUESTIONS[(i * 2 + k) % len(PERSON_QUESTIONS)].format(name) for k in range(2)]
+        raws.append(facts[i % len(facts)].request.prompt.replace("{}", name))
+    chats += list(GENERIC_CHAT[: cfg.generic_negatives - len(raws) + len(names)])
+    prompts = [tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"] for q in chats]
+    prompts += [tok(t)["input_ids"] for t in raws]
+    answers = generate_ids(lm, prompts, max_new_tokens=cfg.negative_tokens)
+    keep = [(p, a) for p, a in zip(prompts, answers) if a]
+    logps = _logprobs(lm, [p for p, _ in keep], [a for _, a in keep])
+    return [Example(p, a, lp, "unrelated") for (p, a), lp in zip(keep, logps)]

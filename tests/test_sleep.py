@@ -1,0 +1,175 @@
+"""The sleep stage in a memory, on the real embedded model: one RoSE write, one sleep, shared by the tests.
+
+Each test works on a copy of the slept home (the ledger and delta files), so the file costs
+one write and one sleep with the default settings, plus a few short sleeps in child processes
+and one with no training steps.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from rose_memory.faults import ENV, EXIT_CODE
+from rose_memory.memory import ParametricMemory
+from rose_memory.model import load_cached
+from rose_memory.text import mentions
+
+pytestmark = pytest.mark.slow
+
+SUBJECT = "Aurelio Sarkisian"
+FACTS = [("lives in the city of", "Warsaw"), ("{}'s favorite color is", "brown")]
+QUIET = {"policy": {"enabled": False}}
+# Wordings none of the transfer set's sources make (checked against the ledger below).
+FRESH = ["In which city does Aurelio Sarkisian have his home?", "Aurelio Sarkisian's home city is where?",
+         "Could you tell me where Aurelio Sarkisian lives?"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_cached()
+
+
+@pytest.fixture(scope="module")
+def base(model):
+    return {n: p.detach().clone() for n, p in model.model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def slept(tmp_path_factory, model, base):
+    home = tmp_path_factory.mktemp("slept")
+    with ParametricMemory(home, model=model, **QUIET) as mem:
+        write = mem.write(SUBJECT, FACTS)
+        assert write.status == "applied"
+        before = [mem.ask(q) for q in FRESH]
+        (rec,) = mem.consolidate()
+        after = [mem.ask(q) for q in FRESH]
+        events = mem.ledger.events(rec.edit_id)
+    return home, write, rec, before, after, events
+
+
+@pytest.fixture
+def home(slept, tmp_path):
+    return shutil.copytree(slept[0], tmp_path / "home")
+
+
+def test_sleep_is_recorded_step_by_step(slept):
+    _, write, rec, _, _, events = slept
+    assert rec.status == "applied", rec.reason
+    kinds = [next(iter(e["data"])) for e in events if e["kind"] == "note"]
+    assert kinds[:3] == ["gate", "transfer_set", "trained"] and kinds.count("gate") >= 4
+    scales = [e["data"]["gate"]["wake_scale"] for e in events if e["kind"] == "note" and "gate" in e["data"]]
+    assert scales[:4] == [1.0, 1.0, 0.5, 0.0]                        # the wake edit scaled down step by step
+    assert {f["stage"] for f in rec.facts} <= {"consolidated", "wake"} and len(rec.facts) == 2
+    if all(f["stage"] == "consolidated" for f in rec.facts):
+        assert rec.replaced == [write.edit_id] and rec.kept_awake == []
+    else:
+        assert rec.kept_awake == [write.edit_id]
+
+
+def test_a_consolidated_fact_is_answered_through_a_question_the_transfer_set_lacks(slept):
+    _, _, rec, before, after, events = slept
+    transfer = next(e["data"]["transfer_set"] for e in events if "transfer_set" in e["data"])
+    asked = {q for f in transfer["questions"] for q in f["train"] + f["held_out"]} | set(transfer["open_requests"])
+    assert not asked & set(FRESH)
+    city = next(f for f in rec.facts if f["object"] == "Warsaw")
+    assert city["stage"] == "consolidated", city
+    assert not any(mentions(a, "Warsaw") for a in before), before  # the wake edit alone does not answer them
+    assert any(mentions(a, "Warsaw") for a in after), after
+
+
+def test_the_weights_follow_the_ledger_after_reopening(home, model, slept):
+    rec = slept[2]
+    with ParametricMemory(home, model=model, **QUIET) as mem:
+        assert mem.verify() == []
+        assert rec.edit_id in mem.live
+        assert mentions(mem.ask(FRESH[-1]), "Warsaw") == mentions(slept[4][-1], "Warsaw")
+
+
+def test_forget_after_sleep_removes_the_fact_and_returns_the_weights_to_base(home, model, base, slept):
+    write, rec = slept[1], slept[2]
+    with ParametricMemory(home, model=model, **QUIET) as mem:
+        ids = mem.forget(subject=SUBJECT)
+        assert rec.edit_id in ids
+        rows = {r["id"]: r for r in mem.edits()}
+        assert rows[rec.edit_id]["status"] == rows[write.edit_id]["status"] == "forgotten"
+        assert not any(mentions(mem.ask(q), "Warsaw") for q in FRESH)
+        assert mem.verify() == []
+        for n, p in model.model.named_parameters():
+            assert torch.equal(p, base[n]), n
+
+
+def test_forget_a_consolidated_edit_writes_the_other_facts_again(home, model, slept):
+    write, rec = slept[1], slept[2]
+    if write.edit_id not in rec.replaced:
+        pytest.skip("the wake edit stayed applied: nothing consolidated to forget through the sleep delta")
+    with ParametricMemory(home, model=model, **QUIET) as mem:
+        ids = mem.forget(write.edit_id)
+        assert set(ids) == {rec.edit_id, write.edit_id}
+        assert mem.verify() == []
+        assert mem.live == {}                        # both facts were in the forgotten edit: nothing to write again
+
+
+def test_gate_keeps_facts_that_fail_on_their_wake_edit(tmp_path, model, base):
+    """No training steps: the sleep delta is zero, every fact fails once the wake edit is scaled
+    away, so the sleep is refused and the wake edit stays applied, weights as before."""
+    with ParametricMemory(tmp_path / "h", model=model, sleep={"steps": 0}, **QUIET) as mem:
+        write = mem.write(SUBJECT, FACTS[:1])
+        edited = {n: p.detach().clone() for n, p in model.model.named_parameters() if not torch.equal(p, base[n])}
+        (rec,) = mem.consolidate(SUBJECT)
+        assert rec.status == "failed" and "no fact passed" in rec.reason
+        assert [f["stage"] for f in rec.facts] == ["wake"]
+        assert mem.ledger.get(write.edit_id)["status"] == "applied" and list(mem.live) == [write.edit_id]
+        for n, p in edited.items():
+            assert torch.equal(dict(model.model.named_parameters())[n], p)
+        assert mem.verify() == []
+
+
+CRASH = textwrap.dedent("""
+    import sys
+    import rose_memory.sleep as S
+    from rose_memory.memory import ParametricMemory
+
+    def passes(lm, facts, cfg):  # the gate passes every fact, so that the sleep reaches its commit
+        return [{"prompt": f.request.prompt, "object": f.request.target, "edit": True, "held_out": 1.0,
+                 "passed": True, "answers": []} for f in facts]
+
+    S.check_facts = passes
+    with ParametricMemory(sys.argv[1], policy={"enabled": False}, sleep={"steps": 2, "samples": 0}) as mem:
+        mem.consolidate()
+    print("not reached")
+""")
+
+
+@pytest.fixture(scope="module")
+def awake(tmp_path_factory, model):
+    home = tmp_path_factory.mktemp("awake")
+    with ParametricMemory(home, model=model, **QUIET) as mem:
+        mem.write(SUBJECT, FACTS[:1])
+    return home
+
+
+@pytest.mark.parametrize("point", ["sleep:pending", "sleep:transfer_set", "sleep:trained", "sleep:saved", "sleep:committed"])
+def test_a_kill_during_sleep_leaves_a_ledger_that_verifies(tmp_path, model, base, awake, point):
+    home = shutil.copytree(awake, tmp_path / "h")
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(home)], capture_output=True, text=True, timeout=900,
+                          env=os.environ | {ENV: point, "TQDM_DISABLE": "1"})
+    assert proc.returncode == EXIT_CODE, proc.stderr[-2000:]
+    with ParametricMemory(home, model=model, **QUIET) as mem:
+        assert mem.verify() == []
+        rows = mem.edits()
+        assert not [r for r in rows if r["status"] == "pending"]
+        applied = [r["id"] for r in rows if r["status"] == "applied"]
+        assert list(mem.live) == applied
+        sleep_row = next(r for r in rows if r["origin"] == "sleep")
+        assert sleep_row["status"] == ("applied" if point == "sleep:committed" else "failed")
+        assert applied == ([sleep_row["id"]] if point == "sleep:committed" else [1])
+        # the weights are base + the applied deltas, recomposed from the files
+        params = dict(model.model.named_parameters())
+        for name in {n for d in mem.live.values() for n in d.factors}:
+            want = base[name] + sum(d.matrix(name) for d in mem.live.values() if name in d.factors)
+            assert torch.allclose(params[name], want, atol=1e-5)

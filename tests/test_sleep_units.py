@@ -1,0 +1,46 @@
+"""The sleep stage's pieces that need no model: the relation grammar, answer cutting, settings."""
+
+import pytest
+
+from rose_memory.facts import EditRequest
+from rose_memory.sleep.config import SleepConfig
+from rose_memory.sleep.teacher import sentence_with
+from rose_memory.sleep.transfer import relation_questions
+
+
+def _req(prompt: str) -> EditRequest:
+    return EditRequest(subject="Mirela Dunst", prompt=prompt, target="X")
+
+
+def test_possessive_relations_become_questions():
+    qs = relation_questions(_req("{}'s favorite drink is"))
+    assert "What is Mirela Dunst's favorite drink?" in qs
+    assert all("Mirela Dunst" in q for q in qs)
+
+
+def test_verb_relations_become_questions_in_the_base_form():
+    assert "Which city does Mirela Dunst live in?" in relation_questions(_req("{} lives in the city of"))
+    assert "What pet does Mirela Dunst have?" in relation_questions(_req("{} has a pet"))
+    assert "What does Mirela Dunst play?" in relation_questions(_req("{} plays the"))
+    assert "What does Mirela Dunst teach?" in relation_questions(_req("{} teaches"))
+    assert "What does Mirela Dunst watch?" in relation_questions(_req("{} watches"))
+
+
+def test_what_the_grammar_cannot_read_gives_no_question():
+    assert relation_questions(_req("{} was born in")) == []
+    assert relation_questions(_req("In 1990, {} moved to")) == []
+
+
+def test_answers_are_cut_after_the_sentence_that_names_the_object():
+    text = "Mirela lives in Oslo. She likes tea. Oslo is cold."
+    assert sentence_with(text, "Oslo") == "Mirela lives in Oslo."
+    assert sentence_with("She lives in Oslo", "Oslo") == "She lives in Oslo"
+    assert sentence_with("Oslonian food", "Oslo") is None      # a whole word only
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError):
+        SleepConfig(stepz=3)
+    with pytest.raises(ValueError):
+        SleepConfig(modules="attention")
+    assert SleepConfig().scale_steps[-1] == 0.0
