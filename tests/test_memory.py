@@ -251,7 +251,8 @@ def test_separate_writes_trigger_a_sleep(home, model):
     sleep delta carries nothing, so the gate refuses it and both wake edits stay applied
     (tests/test_sleep.py trains for real)."""
     policy = {"max_live_edits_per_subject": 2}
-    with ParametricMemory(home, model=model, policy=policy, sleep={"steps": 0, "samples": 0}) as mem:
+    with ParametricMemory(home, model=model, policy=policy, sleep={"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2,
+                                                              "generic_negatives": 2, "scale_steps": [0.0]}) as mem:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             rec = mem.write("Aurelio", [("works as a", "carpenter")])

@@ -5,6 +5,7 @@ one write and one sleep with the default settings, plus a few short sleeps in ch
 and one with no training steps.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,9 +25,16 @@ pytestmark = pytest.mark.slow
 SUBJECT = "Aurelio Sarkisian"
 FACTS = [("lives in the city of", "Warsaw"), ("{}'s favorite color is", "brown")]
 QUIET = {"policy": {"enabled": False}}
+# The fixture's sleep keeps the brown fact awake and the wake + sleep deltas together answer
+# fewer held-back questions than the wake edit alone, which `keep_if_worse` would refuse; it is
+# off here so that the tests can look at an applied sleep.
+KEEP = {"policy": {"enabled": False, "keep_if_worse": False}}
+# A sleep that trains little and measures little, for the tests of what happens around it.
+CHEAP = {"model_questions": 0, "samples": 0, "other_names": 2, "generic_negatives": 2, "scale_steps": [0.0]}
 # Wordings none of the transfer set's sources make (checked against the ledger below).
 FRESH = ["In which city does Aurelio Sarkisian have his home?", "Aurelio Sarkisian's home city is where?",
-         "Could you tell me where Aurelio Sarkisian lives?"]
+         "Could you tell me where Aurelio Sarkisian lives?", "Where is Aurelio Sarkisian's home?",
+         "Which city is Aurelio Sarkisian living in?"]
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +50,18 @@ def base(model):
 @pytest.fixture(scope="module")
 def slept(tmp_path_factory, model, base):
     home = tmp_path_factory.mktemp("slept")
-    with ParametricMemory(home, model=model, **QUIET) as mem:
+    with ParametricMemory(home, model=model, **KEEP) as mem:
         write = mem.write(SUBJECT, FACTS)
         assert write.status == "applied"
-        before = [mem.ask(q) for q in FRESH]
         (rec,) = mem.consolidate()
-        after = [mem.ask(q) for q in FRESH]
         events = mem.ledger.events(rec.edit_id)
+        live = dict(mem.live)
+        # the weights the gate judged a consolidated fact on: the sleep delta alone, no wake edit
+        mem._compose({rec.edit_id: live[rec.edit_id]} if rec.status == "applied" else {})
+        after = [mem.ask(q) for q in FRESH]
+        mem._compose({})
+        before = [mem.ask(q) for q in FRESH]
+        mem._compose(live)
     return home, write, rec, before, after, events
 
 
@@ -78,7 +91,7 @@ def test_a_consolidated_fact_is_answered_through_a_question_the_transfer_set_lac
     assert not asked & set(FRESH)
     city = next(f for f in rec.facts if f["object"] == "Warsaw")
     assert city["stage"] == "consolidated", city
-    assert not any(mentions(a, "Warsaw") for a in before), before  # the wake edit alone does not answer them
+    assert not any(mentions(a, "Warsaw") for a in before), before  # the unedited model does not know it
     assert any(mentions(a, "Warsaw") for a in after), after
 
 
@@ -86,8 +99,7 @@ def test_the_weights_follow_the_ledger_after_reopening(home, model, slept):
     rec = slept[2]
     with ParametricMemory(home, model=model, **QUIET) as mem:
         assert mem.verify() == []
-        assert rec.edit_id in mem.live
-        assert mentions(mem.ask(FRESH[-1]), "Warsaw") == mentions(slept[4][-1], "Warsaw")
+        assert sorted(mem.live) == sorted(rec.kept_awake + [rec.edit_id])
 
 
 def test_forget_after_sleep_removes_the_fact_and_returns_the_weights_to_base(home, model, base, slept):
@@ -117,7 +129,7 @@ def test_forget_a_consolidated_edit_writes_the_other_facts_again(home, model, sl
 def test_gate_keeps_facts_that_fail_on_their_wake_edit(tmp_path, model, base):
     """No training steps: the sleep delta is zero, every fact fails once the wake edit is scaled
     away, so the sleep is refused and the wake edit stays applied, weights as before."""
-    with ParametricMemory(tmp_path / "h", model=model, sleep={"steps": 0}, **QUIET) as mem:
+    with ParametricMemory(tmp_path / "h", model=model, sleep=CHEAP | {"steps": 0}, **QUIET) as mem:
         write = mem.write(SUBJECT, FACTS[:1])
         edited = {n: p.detach().clone() for n, p in model.model.named_parameters() if not torch.equal(p, base[n])}
         (rec,) = mem.consolidate(SUBJECT)
@@ -130,6 +142,7 @@ def test_gate_keeps_facts_that_fail_on_their_wake_edit(tmp_path, model, base):
 
 
 CRASH = textwrap.dedent("""
+    import json
     import sys
     import rose_memory.sleep as S
     from rose_memory.memory import ParametricMemory
@@ -139,7 +152,7 @@ CRASH = textwrap.dedent("""
                  "passed": True, "answers": []} for f in facts]
 
     S.check_facts = passes
-    with ParametricMemory(sys.argv[1], policy={"enabled": False}, sleep={"steps": 2, "samples": 0}) as mem:
+    with ParametricMemory(sys.argv[1], policy={"enabled": False}, sleep=json.loads(sys.argv[2])) as mem:
         mem.consolidate()
     print("not reached")
 """)
@@ -153,10 +166,11 @@ def awake(tmp_path_factory, model):
     return home
 
 
-@pytest.mark.parametrize("point", ["sleep:pending", "sleep:transfer_set", "sleep:trained", "sleep:saved", "sleep:committed"])
+@pytest.mark.parametrize("point", ["sleep:pending", "sleep:trained", "sleep:saved", "sleep:committed"])
 def test_a_kill_during_sleep_leaves_a_ledger_that_verifies(tmp_path, model, base, awake, point):
     home = shutil.copytree(awake, tmp_path / "h")
-    proc = subprocess.run([sys.executable, "-c", CRASH, str(home)], capture_output=True, text=True, timeout=900,
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(home), json.dumps(CHEAP | {"steps": 2})],
+                          capture_output=True, text=True, timeout=900,
                           env=os.environ | {ENV: point, "TQDM_DISABLE": "1"})
     assert proc.returncode == EXIT_CODE, proc.stderr[-2000:]
     with ParametricMemory(home, model=model, **QUIET) as mem:

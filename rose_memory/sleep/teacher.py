@@ -130,12 +130,13 @@ def unrelated_examples(lm: LoadedModel, facts: list[FactQuestions], names: list[
     tok = lm.tokenizer
     subject = facts[0].request.subject
     forms = [q for f in facts for q in f.train + f.held if subject in q]
-    chats, raws = [], list(GENERIC_TEXT[: max(0, cfg.generic_negatives // 2)])
+    generic_raw = list(GENERIC_TEXT[: cfg.generic_negatives // 2])  # half text, half chat
+    chats, raws = [], list(generic_raw)
     for i, name in enumerate(names):
         chats += [forms[(i * 3 + k) % len(forms)].replace(subject, name) for k in range(3)] if forms else []
         chats += [PERSON_QUESTIONS[(i * 2 + k) % len(PERSON_QUESTIONS)].format(name) for k in range(2)]
         raws.append(facts[i % len(facts)].request.prompt.replace("{}", name))
-    chats += list(GENERIC_CHAT[: cfg.generic_negatives - len(raws) + len(names)])
+    chats += list(GENERIC_CHAT[: cfg.generic_negatives - len(generic_raw)])
     prompts = [tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"] for q in chats]
     prompts += [tok(t)["input_ids"] for t in raws]
     answers = generate_ids(lm, prompts, max_new_tokens=cfg.negative_tokens)
