@@ -1,9 +1,9 @@
-"""Recall of a subject written as k separate writes, before and after consolidating them into one edit.
+"""Recall of a subject written as k separate writes, before and after its sleep (consolidation).
 
 Each subject's k facts are written one write each (automatic consolidation off), then
-`consolidate(subject)` re-integrates them as one RoSE same-subject edit. Recall is measured by
-the memory's own verification on all k facts: the edit's wording ("edit"), an instruction
-in chat ("chat"), and a general chat question about the subject ("about").
+`consolidate(subject)` runs the sleep stage (docs/sleep.md). Recall is the sleep's gate on all
+k facts: the edit's own wording ("edit") and the questions held back from training ("held_out"),
+before (wake edits alone) and after.
 
     python benchmarks/consolidation.py [--threads 1] [--out results.json]
 """
@@ -26,7 +26,7 @@ SUBJECTS = {
     "Mirela Kostova": [("was born in the city of", "Lisbon"), ("plays the", "violin"),
                        ("{}'s pet is a", "parrot")],
 }
-KEYS = ("edit", "chat", "about")
+KEYS = ("edit", "held_out")
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
                     "before": {k: rec.recall_before[k] for k in KEYS}, "after": {k: rec.recall_after[k] for k in KEYS},
                     "consolidation": rec.status, "reason": rec.reason,
                     "write_s": round(write_s, 1), "consolidate_s": round(time.perf_counter() - t, 1),
-                    "answers_before": rec.recall_before["answers"], "answers_after": rec.recall_after["answers"],
+                    "facts": rec.facts,
                 })
                 r = results[-1]
                 print(f"{subject}: k={r['k']} separate writes {r['write_status']}; "
