@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from . import faults
-from .facts import EditRequest
+from .facts import stored_requests
 from .sleep import SleepConfig, consolidate_subject
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def sleep_subject(mem: "ParametricMemory", namespace: str, subject: str, rows: l
     if not wake:
         return None
     facts = _facts(old_sleep + wake)
-    reqs = [EditRequest(subject=subject, prompt=f["prompt"], target=f["object"]) for f in facts.values()]
+    reqs = stored_requests(subject, list(facts.values()))
     index = {r.prompt: i for i, r in enumerate(reqs)}
     groups = [[index[f["prompt"]] for f in r["facts"] if facts[f["prompt"]] is f] for r in wake]
     eid = mem.ledger.add(subject, list(facts.values()), "sleep", namespace, origin="sleep")
@@ -181,7 +181,7 @@ def recheck(mem: "ParametricMemory") -> None:
     """Re-verify the most recent subjects; sleep those whose recall in the edit's own form fell."""
     pol = mem.config.policy
     for (ns, subj), rows in list(groups(mem).items())[-pol.recheck_max_subjects:]:
-        reqs = [EditRequest(subject=subj, prompt=f["prompt"], target=f["object"]) for f in _facts(rows).values()]
+        reqs = stored_requests(subj, list(_facts(rows).values()))
         recall = mem._measure(subj, reqs)
         mem.ledger.note(rows[-1]["id"], {"recheck": {k: recall[k] for k in ("edit", "chat", "about")}})
         if recall["edit"] < pol.recheck_min_recall:

@@ -151,3 +151,8 @@ def make_facts(subject: object, facts: object) -> list[EditRequest]:
             msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
             raise RoseMemoryError(f"fact {i}: {msgs}") from None
     return make_requests(items)
+
+
+def stored_requests(subject: str, facts: list[dict]) -> list[EditRequest]:
+    """The EditRequests of facts as the ledger stores them ({"prompt", "object"})."""
+    return [EditRequest(subject=subject, prompt=f["prompt"], target=f["object"]) for f in facts]

@@ -28,7 +28,7 @@ from .arch import spec_for
 from . import consolidation
 from .consolidation import ConsolidationPolicy, ConsolidationRecord
 from .sleep import SleepConfig
-from .facts import EditRequest, make_facts
+from .facts import EditRequest, make_facts, stored_requests
 from .generate import generate_ids
 from .model import EMBEDDED, LoadedModel, load_cached, resolve_device, resolve_dtype
 from .stores.deltas import DeltaStore, delta_name, save_lora_adapter
@@ -96,10 +96,6 @@ def _updated(current: BaseModel, given: BaseModel | dict) -> BaseModel:
 
 def _facts_of(reqs: list[EditRequest]) -> list[dict]:
     return [{"prompt": r.prompt, "object": r.target} for r in reqs]
-
-
-def _requests(subject: str, facts: list[dict]) -> list[EditRequest]:
-    return [EditRequest(subject=subject, prompt=f["prompt"], target=f["object"]) for f in facts]
 
 
 @contextmanager
@@ -349,7 +345,7 @@ class ParametricMemory:
             prompts = {r.prompt for r in reqs}
             old = [r for r in live_rows if any(f["prompt"] in prompts for f in r["facts"])]
             carried = [f for r in old for f in r["facts"] if f["prompt"] not in prompts]
-            reqs = reqs + _requests(subject, carried)
+            reqs = reqs + stored_requests(subject, carried)
             record = self._replace(subject, namespace, reqs, old)
             write = WriteRecord(edit_id=record["id"], status=record["status"], subject=subject, namespace=namespace,
                                 facts=_facts_of(reqs), recall=record["recall"], reason=record["reason"],
@@ -430,7 +426,7 @@ class ParametricMemory:
                 raise
             self.live = keep
             if rewrite:
-                self._replace(row["subject"], row["namespace"], _requests(row["subject"], rewrite), [], origin="rewrite")
+                self._replace(row["subject"], row["namespace"], stored_requests(row["subject"], rewrite), [], origin="rewrite")
             return ids
 
     # -- consolidation (rose_memory/consolidation.py runs the sleep stage) ------------------------

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..editing import METHODS as EDIT_METHODS
 from ..editing import edit, warm_up
 from ..editing.config import config_for
-from ..sleep import SleepConfig, consolidate_subject
+from ..sleep import SleepConfig, consolidate_subject, scaled
 from ..errors import RoseMemoryError
 from ..model import LoadedModel
 from . import metrics as M
@@ -404,8 +404,6 @@ class Runner:
 
     def _sleep(self, subject: BenchSubject, wake) -> list:
         """The sleep stage on one subject's applied wake delta; returns the deltas left applied."""
-        from ..sleep import scaled
-
         held = {"wake": wake, "sleep": None}
 
         def set_weights(scales: list[float], delta) -> None:
@@ -438,6 +436,7 @@ class Runner:
         returns the weights to the base model when it is closed.
         """
         context: list[str] = []
+        by_name: dict[str, list[str]] = {}  # retrieval: each written subject's sentences
         memory, home = None, None
         if method not in RUNNER_METHODS:
             from ..memory import ParametricMemory
@@ -455,6 +454,7 @@ class Runner:
                 for fact in subject.facts:
                     if method in ("in-context", "retrieval"):
                         context.append(fact_sentence(subject.name, fact))
+                        by_name.setdefault(subject.name, []).append(context[-1])
                     elif memory is not None:
                         start = time.perf_counter()
                         record = memory.write(subject.name, [{"relation": fact.prompt, "object": fact.target}])
@@ -469,7 +469,7 @@ class Runner:
                 # The last state also answers every subject's probes: all writes are in.
                 told = tuple(context)
                 if method == "retrieval":  # each subject's facts, found by its name in the probe
-                    told = {s.name: tuple(c for c in context if c.startswith(s.name)) for s in self.subjects[: i + 1]}
+                    told = {name: tuple(sentences) for name, sentences in by_name.items()}
                 self._measure(tally, state, told, subject.name, self.subjects if last else [],
                               self.subjects[i + 1 :])
                 if state != "clean":

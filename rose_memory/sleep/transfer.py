@@ -72,7 +72,7 @@ def relation_questions(req: EditRequest) -> list[str]:
     # "lives in the city of" -> prep "in", noun "city"; "has a pet" -> noun "pet"; "plays the" -> none
     idx = max((i for i, w in enumerate(words) if w.lower() in ARTICLES), default=None)
     before = words[:idx] if idx is not None else words
-    after = [w for w in words[idx + 1:]] if idx is not None else []
+    after = words[idx + 1:] if idx is not None else []
     while after and after[-1].lower() in PREPOSITIONS:
         after = after[:-1]
     prep = " ".join(w for w in before if w.lower() in PREPOSITIONS)
