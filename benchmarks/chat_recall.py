@@ -1,4 +1,4 @@
-"""End-to-end recall of a chat that remembers in the weights (issue 5, point 5).
+"""End-to-end recall of a chat that remembers in the weights.
 
 A scripted conversation: a user states 9 facts about 4 (fictional) people over 5 turns, then
 chats about other things until the facts have left the prompt window, then asks about each

@@ -17,7 +17,7 @@ against the first variant (how many answered by both, by only one).
 
 Why: a write is many small launches, so one eval process leaves a GPU idle much of the time
 (our reading, not profiled); 14 processes on an H200 held it at 100% utilisation and finished
-216 one-subject jobs in 12 minutes (session 9), several dev-split runs' worth.
+216 one-subject jobs in 12 minutes (commit 981c2ca, 2026-11-26), several dev-split runs' worth.
 """
 
 from __future__ import annotations

@@ -39,13 +39,13 @@ class EditConfig(BaseModel):
     # Also leave alone the last-token keys of this many other people (contexts.OTHER_NAMES, 64),
     # plain and in a chat question: other subjects' questions are most of the locality probes.
     # Dev split, seed 0: locality 0.937 -> 0.945 with 16 (instruction 71 -> 69 of 246); 64 gave
-    # the same locality (0.945) for 25% more time per write. README, session 12.
+    # the same locality (0.945) for 25% more time per write. docs/results.md, commit 3c1df66.
     keep_names: int = Field(16, ge=0, le=64)
     chat_contexts: bool = True       # align keys and targets inside the chat template too
     # The chat row that asks with the relation's own words ("S lives in the city of?"): "object"
-    # scores the object as the reply's first word (until session 8; its target probability
+    # scores the object as the reply's first word (the default until 7cc1853; its target probability
     # stayed under 0.15, so that one row's loss drove the value), "restate" scores a reply that
-    # restates the fact, "off" (default) leaves it out. Measured: README, session 8.
+    # restates the fact, "off" (default) leaves it out. Measured: docs/tuning.md, commit 7cc1853.
     relation_question: Literal["object", "restate", "off"] = "off"
     # Rows per fact: the edit form plain and after this many sampled prefixes (at most
     # n_generic_contexts), and this many open requests (contexts.OPEN_REQUESTS) in the chat template.
@@ -70,8 +70,8 @@ class EditConfig(BaseModel):
     hier: bool = True
     stage_steps: int = 12
     # Which rows a stage optimises: "new" (default) = relation j alone, kept close to stage j-1
-    # by the anchor, the joint refinement then fits all; "all" (until session 8) = relations
-    # 1..j, each stage re-fitting the earlier ones. Measured: README, session 8.
+    # by the anchor, the joint refinement then fits all; "all" (the default until 7cc1853) =
+    # relations 1..j, each stage re-fitting the earlier ones. Measured: docs/tuning.md, commit 7cc1853.
     stage_rows: Literal["all", "new"] = "new"
     anchor_weight: float = 1.0       # keeps each stage close to the previous one
     joint_steps: int = 15

@@ -1,6 +1,6 @@
 """The same-subject benchmark runner: write facts with a method, generate, score.
 
-Modes (shared/benchmark/README.md, issue 3):
+Modes (shared/benchmark/README.md):
 - batch: every subject starts from the clean model; all its facts are written in one call, the
   subject's probes and the locality probes are answered, then the Delta is reverted.
 - sequential: facts are written one call at a time, subject after subject, never reverted
