@@ -37,7 +37,7 @@ def test_rose_edit_recalled_raw_and_in_chat(lm, rose_delta):
     rose_delta.apply(lm.model)
     try:
         raw = generate(lm, [f["prompt"].format(SUBJECT) for f in FACTS])
-        # Direct questions are answered unreliably so far (issue 3 measures them); an open chat
+        # Direct questions are answered unreliably so far; an open chat
         # question about the subject must bring at least one written fact back.
         chat = generate(lm, [chat_prompt(lm, q) for q in
                              [f"Where does {SUBJECT} live?", f"What is {SUBJECT}'s job?",
