@@ -1,15 +1,23 @@
 """The edit ledger: one SQLite file (sqlite-utils, WAL) recording every edit and every status change.
 
-Tamper evidence is a hash chain, not a signature: each edit row hashes its immutable content
-with the previous row's hash, and each status change is an event row chained the same way.
-A row's mutable columns (status, delta file, metrics, links) must equal the replay of its
-events, so `verify()` notices an edited, deleted or reordered row or event, and a delta file
-whose bytes no longer match the sha256 recorded for it.
+Tamper evidence is a hash chain: each edit row hashes its immutable content with the previous
+row's hash, and each status change is an event row chained the same way. A row's mutable
+columns (status, delta file, metrics, links) must equal the replay of its events, so
+`verify()` notices an edited, deleted or reordered row or event, and a delta file whose bytes
+no longer match the sha256 recorded for it.
+
+Without a key the chain is plain SHA-256: it catches accidents and careless edits, not someone
+who rewrites rows and recomputes every hash after them, or deletes the newest rows. With a key
+($ROSE_MEMORY_LEDGER_KEY, or the memory's `ledger_key_file`) every hash is an HMAC-SHA256 under
+it, and a keyed head record (each chain's row count and last MAC, itself MAC'd) is updated in
+the same transaction as each append, so rewriting rows or cutting the newest ones off is caught
+by whoever holds the key. docs/security.md says what each mode does and does not detect.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -20,7 +28,12 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .. import faults
 from ..errors import RoseMemoryError
+
+KEY_ENV = "ROSE_MEMORY_LEDGER_KEY"
+PLAIN, KEYED = "sha256", "hmac-sha256"
+CHAINS = ("edits", "events")
 
 STATUSES = ("pending", "applied", "failed", "superseded", "forgotten", "consolidated")
 TRANSITIONS = {
@@ -41,8 +54,29 @@ def _canon(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _hash(fields: dict, prev: str) -> str:
-    return hashlib.sha256((prev + _canon(fields)).encode()).hexdigest()
+def _hash(fields: dict, prev: str, key: bytes | None = None) -> str:
+    data = (prev + _canon(fields)).encode()
+    return hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
+
+
+def _head_mac(key: bytes, chain: str, count: int, last: str) -> str:
+    return hmac.new(key, f"head|{chain}|{count}|{last}".encode(), hashlib.sha256).hexdigest()
+
+
+def resolve_key(key_file: str | os.PathLike | None = None) -> bytes | None:
+    """The ledger key: the contents of `key_file` if given (surrounding whitespace dropped), else
+    $ROSE_MEMORY_LEDGER_KEY, else None (a plain hash chain)."""
+    if key_file:
+        path = Path(key_file).expanduser()
+        try:
+            key = path.read_bytes().strip()
+        except OSError as err:
+            raise RoseMemoryError(f"cannot read the ledger key file {path}: {err.strerror or err}") from None
+        if not key:
+            raise RoseMemoryError(f"the ledger key file {path} is empty")
+        return key
+    value = os.environ.get(KEY_ENV, "")
+    return value.encode() if value else None
 
 
 def _edit_content(row: dict) -> dict:
@@ -64,16 +98,24 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 class Ledger:
-    """The edits and events tables of one memory. Thread-safe; writes are single transactions."""
+    """The edits and events tables of one memory. Thread-safe; writes are single transactions.
 
-    def __init__(self, path: str | os.PathLike):
+    `key`: bytes for an HMAC chain (see the module docstring); None reads any ledger and writes
+    only a plain one.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: bytes | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.key = key or None
         # One connection shared by the threads of an agent; our lock serialises its use.
-        self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), check_same_thread=False, timeout=30))
-        self._lock = threading.RLock()
-        self.db.enable_wal()
-        self._create()
+        try:
+            self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), check_same_thread=False, timeout=30))
+            self._lock = threading.RLock()
+            self.db.enable_wal()
+            self._create()
+        except sqlite3.DatabaseError as err:
+            raise RoseMemoryError(f"{self.path} is not a readable ledger ({err}); restore it or use another home") from None
 
     def _create(self) -> None:
         self.db["edits"].create(
@@ -97,6 +139,43 @@ class Ledger:
         )
         self.db["edits"].create_index(["subject", "status"], if_not_exists=True)
         self.db["events"].create_index(["edit_id"], if_not_exists=True)
+        self.db.execute("CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS chain_heads (chain TEXT PRIMARY KEY, count INTEGER NOT NULL, "
+                        "last TEXT NOT NULL, mac TEXT NOT NULL)")
+        if self.mode() is None:  # a new ledger takes the mode of its key; one from before modes were recorded is plain
+            with self._lock:
+                self.db.execute("INSERT OR IGNORE INTO ledger_meta VALUES ('chain', ?)",
+                                [KEYED if self.key and self._empty() else PLAIN])
+                self.db.commit()
+
+    def mode(self) -> str | None:
+        """How the chain is hashed: 'sha256' (plain) or 'hmac-sha256' (keyed)."""
+        row = self.db.execute("SELECT value FROM ledger_meta WHERE name = 'chain'").fetchone()
+        return row[0] if row else None
+
+    def _empty(self) -> bool:
+        return not self.db.execute("SELECT 1 FROM edits UNION ALL SELECT 1 FROM events LIMIT 1").fetchone()
+
+    def check_writable(self) -> None:
+        """Refuse to write a chain with the wrong key: a keyed ledger without its key, or a plain ledger
+        with rows under a key (an empty one takes the key's mode)."""
+        with self._lock:
+            self._settle_mode()
+            self.db.commit()
+
+    def _settle_mode(self) -> None:
+        mode, want = self.mode(), KEYED if self.key else PLAIN
+        if mode == want:
+            return
+        if self._empty():
+            self.db.execute("UPDATE ledger_meta SET value = ? WHERE name = 'chain'", [want])
+            self.db.execute("DELETE FROM chain_heads")
+        elif mode == KEYED:
+            raise RoseMemoryError(f"the ledger at {self.path} is keyed (an HMAC chain); set ${KEY_ENV} or the "
+                                  "home's ledger_key_file to the key it was written with")
+        else:
+            raise RoseMemoryError(f"the ledger at {self.path} was started without a key (a plain hash chain); "
+                                  f"unset ${KEY_ENV} (and ledger_key_file) for this home, or start a new home to use a key")
 
     def close(self) -> None:
         with self._lock:
@@ -109,6 +188,7 @@ class Ledger:
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
+                self._settle_mode()
                 yield
             except BaseException:
                 self.db.rollback()
@@ -119,6 +199,11 @@ class Ledger:
         row = self.db.execute(f"SELECT row_hash FROM {table} ORDER BY id DESC LIMIT 1").fetchone()
         return row[0] if row else GENESIS
 
+    def _set_head(self, table: str, count: int, last: str) -> None:
+        if self.key:
+            self.db.execute("INSERT OR REPLACE INTO chain_heads VALUES (?, ?, ?, ?)",
+                            [table, count, last, _head_mac(self.key, table, count, last)])
+
     def _next_id(self, table: str) -> int:
         return self.db.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
 
@@ -126,7 +211,9 @@ class Ledger:
         ev = {"id": self._next_id("events"), "edit_id": edit_id, "kind": kind, "from_status": from_status,
               "to_status": to_status, "at": now(), "data": data}
         prev = self._head("events")
-        self.db["events"].insert(ev | {"data": _canon(data), "prev_hash": prev, "row_hash": _hash(_event_content(ev), prev)})
+        row_hash = _hash(_event_content(ev), prev, self.key)
+        self.db["events"].insert(ev | {"data": _canon(data), "prev_hash": prev, "row_hash": row_hash})
+        self._set_head("events", ev["id"], row_hash)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -137,8 +224,10 @@ class Ledger:
             row = {"id": self._next_id("edits"), "namespace": namespace, "subject": subject, "facts": facts,
                    "method": method, "origin": origin, "created_at": now()}
             prev = self._head("edits")
+            row_hash = _hash(_edit_content(row), prev, self.key)
             self.db["edits"].insert(row | {"facts": _canon(facts), "status": "pending", "prev_hash": prev,
-                                           "row_hash": _hash(_edit_content(row), prev)})
+                                           "row_hash": row_hash})
+            self._set_head("edits", row["id"], row_hash)
             self._append_event(row["id"], "status", None, "pending", {})
             return row["id"]
 
@@ -150,6 +239,7 @@ class Ledger:
         with self._write():
             for edit_id, to, fields in changes:
                 self._transition(edit_id, to, dict(fields))
+            faults.point("ledger:transaction")  # every change made, none committed
 
     def _transition(self, edit_id: int, to: str, fields: dict) -> None:
         current = self.get(edit_id)["status"]
@@ -171,6 +261,17 @@ class Ledger:
             self._append_event(edit_id, "note", status, status, data)
 
     # -- reads ----------------------------------------------------------------------------------
+
+    def state(self) -> int:
+        """Changes with every write to the ledger (from any process): the newest event's id."""
+        with self._lock:
+            return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def count(self, namespace: str, origin: str, since: str) -> int:
+        """Rows of `origin` in `namespace` created at or after `since` (an ISO time, as `now()` writes)."""
+        with self._lock:
+            return self.db.execute("SELECT COUNT(*) FROM edits WHERE namespace = ? AND origin = ? AND created_at >= ?",
+                                   [namespace, origin, since]).fetchone()[0]
 
     @staticmethod
     def _decode(row: dict) -> dict:
@@ -213,8 +314,21 @@ class Ledger:
         with self._lock:
             edits = [dict(r) for r in self.db["edits"].rows_where(order_by="rowid")]
             events = [dict(e) for e in self.db["events"].rows_where(order_by="rowid")]
-        problems += self._verify_chain("edit", edits, _edit_content)
-        problems += self._verify_chain("event", events, _event_content)
+        mode = self.mode()
+        key = self.key if mode == KEYED else None
+        if mode == KEYED and not self.key:
+            problems.append(f"the ledger is keyed (an HMAC chain); set ${KEY_ENV} or the home's ledger_key_file "
+                            "to check its MACs")
+        elif mode != KEYED and self.key and (edits or events):
+            problems.append(f"a key is set but the ledger's chain is {mode or 'unmarked'}, not keyed: it was written "
+                            "without the key, or its rows were rewritten as a plain chain")
+        if mode == KEYED and not self.key:
+            problems += self._verify_links("edit", edits) + self._verify_links("event", events)
+        else:
+            problems += self._verify_chain("edit", edits, _edit_content, key)
+            problems += self._verify_chain("event", events, _event_content, key)
+        if key:
+            problems += self._verify_heads({"edits": edits, "events": events})
         state: dict[int, dict] = {}
         for ev in events:
             eid, data = ev["edit_id"], json.loads(ev["data"])
@@ -240,20 +354,45 @@ class Ledger:
         return problems
 
     @staticmethod
-    def _verify_chain(what: str, rows: list[dict], content) -> list[str]:
+    def _verify_links(what: str, rows: list[dict]) -> list[str]:
         problems, prev = [], GENESIS
         for i, row in enumerate(rows):
             if row["id"] != i + 1:
                 problems.append(f"{what} {row['id']}: expected id {i + 1} here (rows deleted or reordered)")
             if row["prev_hash"] != prev:
                 problems.append(f"{what} {row['id']}: prev_hash does not match the row before it (deleted or reordered)")
+            prev = row["row_hash"]
+        return problems
+
+    @classmethod
+    def _verify_chain(cls, what: str, rows: list[dict], content, key: bytes | None = None) -> list[str]:
+        problems = cls._verify_links(what, rows)
+        for row in rows:
             try:
-                ok = row["row_hash"] == _hash(content(row), row["prev_hash"])
+                ok = hmac.compare_digest(row["row_hash"], _hash(content(row), row["prev_hash"], key))
             except (TypeError, ValueError, KeyError):
                 ok = False
             if not ok:
-                problems.append(f"{what} {row['id']}: content does not match its hash (row edited)")
-            prev = row["row_hash"]
+                problems.append(f"{what} {row['id']}: content does not match its {'MAC' if key else 'hash'} (row edited)")
+        return problems
+
+    def _verify_heads(self, chains: dict[str, list[dict]]) -> list[str]:
+        """The keyed head records against the chains: catches the newest rows cut off (count, last MAC)."""
+        problems = []
+        with self._lock:
+            heads = {r[0]: r[1:] for r in self.db.execute("SELECT chain, count, last, mac FROM chain_heads")}
+        for chain, rows in chains.items():
+            head = heads.get(chain)
+            if head is None:
+                if rows:
+                    problems.append(f"head of {chain}: the keyed head record is missing (deleted)")
+                continue
+            count, last, mac = head
+            if not hmac.compare_digest(str(mac), _head_mac(self.key, chain, count, str(last))):
+                problems.append(f"head of {chain}: the head record does not match its MAC (edited)")
+            elif count != len(rows) or (rows and last != rows[-1]["row_hash"]):
+                problems.append(f"head of {chain}: the head records {count} rows ending in {str(last)[:12]}..., "
+                                f"the table has {len(rows)} (newest rows deleted or replaced)")
         return problems
 
     @staticmethod

@@ -159,3 +159,133 @@ def test_notes_are_chained_but_change_no_status(home):
     assert ledger.get(eid)["status"] == "applied"
     assert ledger.events(eid)[-1]["kind"] == "note"
     assert ledger.verify(store.root) == []
+
+
+# -- keyed ledgers: an HMAC chain and a keyed head record ------------------------------------------
+
+KEY = b"correct horse battery staple"
+
+
+def rechain(path, key: bytes | None = None) -> None:
+    """What a tamperer who can write the file does after changing rows: recompute every hash of both
+    chains (plain SHA-256 unless a key is given), so that each row matches its hash again."""
+    from rose_memory.stores.ledger import GENESIS, _edit_content, _event_content, _hash
+
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    for table, content in (("edits", _edit_content), ("events", _event_content)):
+        prev = GENESIS
+        for row in [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY id")]:
+            h = _hash(content(row), prev, key)
+            conn.execute(f"UPDATE {table} SET prev_hash = ?, row_hash = ? WHERE id = ?", (prev, h, row["id"]))
+            prev = h
+    conn.commit()
+    conn.close()
+
+
+def filled(tmp_path, key: bytes | None) -> tuple[Ledger, DeltaStore]:
+    ledger, store = Ledger(tmp_path / "ledger.sqlite", key=key), DeltaStore(tmp_path / "deltas")
+    for subject in ("Aurelio", "Bob", "Carl"):
+        applied(ledger, store, subject)
+        if subject == "Aurelio":
+            ledger.note(1, {"recheck": {"edit": 1.0}})
+    return ledger, store
+
+
+def cut_last_edit(ledger: Ledger) -> None:
+    sql(ledger, "DELETE FROM events WHERE edit_id = 3")
+    sql(ledger, "DELETE FROM edits WHERE id = 3")
+
+
+def test_without_a_key_a_rewrite_with_recomputed_hashes_passes(tmp_path):
+    """The limit docs/security.md states: a plain chain is not proof against someone who rewrites the file."""
+    ledger, store = filled(tmp_path, key=None)
+    assert ledger.mode() == "sha256"
+    sql(ledger, "UPDATE edits SET facts = replace(facts, 'Warsaw', 'Paris') WHERE id = 2")
+    assert any("edit 2: content does not match its hash" in p for p in ledger.verify(store.root))
+    rechain(ledger.path)
+    assert ledger.verify(store.root) == []
+    cut_last_edit(ledger)
+    assert ledger.verify(store.root) == []
+    ledger.close()
+
+
+def test_with_a_key_a_rewrite_with_recomputed_hashes_is_caught(tmp_path):
+    ledger, store = filled(tmp_path, key=KEY)
+    assert ledger.mode() == "hmac-sha256" and ledger.verify(store.root) == []
+    sql(ledger, "UPDATE edits SET facts = replace(facts, 'Warsaw', 'Paris') WHERE id = 2")
+    rechain(ledger.path)  # plain hashes: every row after the change mismatches its MAC
+    problems = ledger.verify(store.root)
+    assert any(p.startswith("edit 2: content does not match its MAC") for p in problems), problems
+    ledger.close()
+
+
+def test_with_a_key_cutting_off_the_newest_edit_and_its_events_is_caught(tmp_path):
+    ledger, store = filled(tmp_path, key=KEY)
+    cut_last_edit(ledger)  # the chains stay intact: edits 1-2 and their events
+    problems = ledger.verify(store.root)
+    assert any(p.startswith("head of edits:") and "newest rows deleted" in p for p in problems), problems
+    assert any(p.startswith("head of events:") for p in problems), problems
+    sql(ledger, "DELETE FROM chain_heads")  # and the head records with them
+    assert any("keyed head record is missing" in p for p in ledger.verify(store.root))
+    ledger.close()
+
+
+def test_with_a_key_a_forged_head_or_a_downgrade_is_caught(tmp_path):
+    ledger, store = filled(tmp_path, key=KEY)
+    cut_last_edit(ledger)
+    sql(ledger, "UPDATE chain_heads SET count = count - 1, last = (SELECT row_hash FROM edits WHERE id = 2) "
+                "WHERE chain = 'edits'")
+    assert any("head of edits: the head record does not match its MAC" in p for p in ledger.verify(store.root))
+    # Rewrite everything as a plain chain and mark the ledger plain: whoever holds the key still sees it.
+    sql(ledger, "UPDATE ledger_meta SET value = 'sha256'")
+    sql(ledger, "DELETE FROM chain_heads")
+    rechain(ledger.path)
+    problems = ledger.verify(store.root)
+    assert any("a key is set but the ledger's chain is sha256" in p for p in problems), problems
+    ledger.close()
+
+
+def test_the_wrong_key_or_no_key_on_a_keyed_ledger(tmp_path):
+    ledger, store = filled(tmp_path, key=KEY)
+    ledger.close()
+    wrong = Ledger(tmp_path / "ledger.sqlite", key=b"another key")
+    assert any("content does not match its MAC" in p for p in wrong.verify(store.root))
+    wrong.close()
+    keyless = Ledger(tmp_path / "ledger.sqlite")
+    assert [r["id"] for r in keyless.rows()] == [1, 2, 3]  # reading needs no key
+    assert any("the ledger is keyed" in p for p in keyless.verify(store.root))
+    with pytest.raises(RoseMemoryError, match="is keyed"):
+        keyless.add("Dora", FACTS, "rose")
+    assert len(keyless.rows()) == 3
+    keyless.close()
+
+
+def test_a_key_on_a_plain_ledger_with_rows_is_refused(tmp_path):
+    ledger, store = filled(tmp_path, key=None)
+    ledger.close()
+    keyed = Ledger(tmp_path / "ledger.sqlite", key=KEY)
+    with pytest.raises(RoseMemoryError, match="started without a key"):
+        keyed.check_writable()
+    assert any("a key is set but the ledger's chain is sha256" in p for p in keyed.verify(store.root))
+    keyed.close()
+    empty = Ledger(tmp_path / "new.sqlite")          # an empty plain ledger takes a key's mode
+    empty.close()
+    keyed = Ledger(tmp_path / "new.sqlite", key=KEY)
+    keyed.check_writable()
+    assert keyed.mode() == "hmac-sha256"
+    keyed.close()
+
+
+def test_the_key_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from rose_memory.stores.ledger import KEY_ENV, resolve_key
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    assert resolve_key(None) is None
+    monkeypatch.setenv(KEY_ENV, "from-env")
+    assert resolve_key(None) == b"from-env"
+    (tmp_path / "key").write_bytes(b"from-file\n")
+    assert resolve_key(tmp_path / "key") == b"from-file"   # the file wins
+    with pytest.raises(RoseMemoryError, match="cannot read the ledger key file"):
+        resolve_key(tmp_path / "missing")
+
