@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from rose_memory.memory_cli import add_home_options
 
 
 def register(subparsers) -> None:
@@ -14,8 +15,7 @@ def register(subparsers) -> None:
         description="A long-running chat. Only the last --window exchanges stay in the prompt; older "
         "facts survive only as edits in the weights (and across sessions, through the home's ledger).",
     )
-    p.add_argument("--home", type=Path, default=None,
-                   help="memory folder (default: $ROSE_MEMORY_HOME or ~/.rose-memory)")
+    add_home_options(p)
     p.add_argument("--model", default=None,
                    help="model name or path when the home is new (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--window", type=int, default=3, help="exchanges kept in the prompt (default 3)")
@@ -34,10 +34,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
         from rose_memory.errors import RoseMemoryError
 
         raise RoseMemoryError("--window must be 0 or more exchanges")
+    from rose_memory.facts import check_namespace
+    from rose_memory.memory import check_home
+
+    namespace = check_namespace(args.namespace)
+    if args.home is not None:
+        check_home(args.home.expanduser())  # a file as --home: refused before the model loads
     interactive = sys.stdin.isatty()
     read = input if interactive else _read_piped
     with ChatSession.open(args.home, args.model, window=args.window, extractor=not args.no_extractor,
-                          max_new_tokens=args.max_new_tokens) as session:
+                          max_new_tokens=args.max_new_tokens, namespace=namespace) as session:
         run_terminal(session, read=read, echo=args.echo or not interactive)
     return 0
 

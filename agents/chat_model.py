@@ -175,15 +175,18 @@ class RoseChatModel(BaseChatModel):
     lm: Any = Field(exclude=True)
     """A `rose_memory.model.LoadedModel`: `.model`, `.tokenizer`, `.name`."""
     lock: Any = Field(default=None, exclude=True)
-    """Held while generating so no answer reads half-applied weights (the memory's write lock)."""
+    """Held while generating so no answer reads half-applied weights: the memory's lock, or (from_memory)
+    a hold that also puts one namespace's edits in the weights."""
     max_new_tokens: int = 128
     temperature: float = 0.0
     """0 decodes greedily (reproducible); above 0 samples."""
     repetition_penalty: float = 1.0
 
     @classmethod
-    def from_memory(cls, memory, **kwargs: Any) -> "RoseChatModel":
-        return cls(lm=memory.lm, lock=getattr(memory, "lock", None), **kwargs)
+    def from_memory(cls, memory, namespace: str = "default", **kwargs: Any) -> "RoseChatModel":
+        """The memory's model, answering with `namespace`'s edits in its weights (switched in for each answer)."""
+        hold = memory.holding(namespace) if hasattr(memory, "holding") else getattr(memory, "lock", None)
+        return cls(lm=memory.lm, lock=hold, **kwargs)
 
     @property
     def _llm_type(self) -> str:

@@ -125,12 +125,14 @@ class ChatSession:
         system_prompt: str | None = None,
         max_tool_rounds: int = 1,
         max_new_tokens: int = 96,
+        namespace: str = "default",
     ):
         self.memory = memory
-        self.local = RoseChatModel.from_memory(memory, max_new_tokens=max_new_tokens)
+        self.namespace = namespace   # whose edits answer and where writes go (a set of deltas in the memory)
+        self.local = RoseChatModel.from_memory(memory, namespace=namespace, max_new_tokens=max_new_tokens)
         remote = model is not None
         self.model = model or self.local
-        self.tools = memory_tools(memory, recall=remote)
+        self.tools = memory_tools(memory, recall=remote, namespace=namespace)
         self._remember = next(t for t in self.tools if isinstance(t, RoseMemoryTool))
         self.agent = create_agent(
             self.model,
@@ -153,7 +155,12 @@ class ChatSession:
         """
         from rose_memory.memory import ParametricMemory
 
-        session = cls(ParametricMemory(home, model=memory_model), **kwargs)
+        memory = ParametricMemory(home, model=memory_model)
+        try:
+            session = cls(memory, **kwargs)
+        except BaseException:
+            memory.close()
+            raise
         session._owns_memory = True
         return session
 
@@ -258,18 +265,19 @@ class ChatSession:
             turn.reply = "Remembered." if turn.written else ""
         elif name == "/forget":
             try:
-                ids = self.memory.forget(int(arg)) if arg.isdigit() else self.memory.forget(subject=arg)
+                ids = (self.memory.forget(int(arg), namespace=self.namespace) if arg.isdigit()
+                       else self.memory.forget(subject=arg, namespace=self.namespace))
                 turn.reply = f"Forgot memories {', '.join(map(str, ids))}."
             except RoseMemoryError as err:
                 turn.errors.append(str(err))
         elif name == "/sleep":
             try:
-                records = self.memory.consolidate(subject=arg or None)
+                records = self.memory.consolidate(subject=arg or None, namespace=self.namespace)
                 turn.reply = "\n".join(describe_sleep(r) for r in records) or "Nothing awake to consolidate."
             except RoseMemoryError as err:
                 turn.errors.append(str(err))
         elif name == "/memories":
-            rows = self.memory.edits(status="applied")
+            rows = self.memory.edits(status="applied", namespace=self.namespace)
             turn.reply = "\n".join(
                 describe_write({"edit_id": r["id"], "subject": r["subject"], "facts": r["facts"]}) for r in rows
             ) or "Nothing remembered yet."

@@ -1,20 +1,27 @@
 """LangChain tools over a `ParametricMemory`: remember facts in the weights, forget them, ask the model.
 
 >>> memory = ParametricMemory(home="~/.rose")
->>> tools = [RoseMemoryTool(memory=memory), RoseForgetTool(memory=memory)]
+>>> tools = memory_tools(memory, namespace="alice")   # RoseMemoryTool(memory=memory, namespace="alice"), ...
 >>> agent = create_agent(model, tools)        # any LangChain / LangGraph agent
+
+The namespace (whose set of edits the tools read and change) is fixed when the tools are
+built, by the program that knows which user it serves; it is not an argument the model fills
+in, so an agent cannot write into or forget from another user's namespace.
 
 Several facts about one subject go in one call and become one same-subject edit. The tool
 answers the model with a short sentence and, as the artifact (`response_format=
 "content_and_artifact"`), the edit record with its verification. Bad arguments and refused
 writes come back as a tool error message (`ToolMessage(status="error")`), never as an
-exception in the agent loop. Writes to one model are serialised by the memory's lock;
-`_arun` runs the write in a worker thread so the event loop is not blocked.
+exception in the agent loop. Calls on one memory are serialised by a lock (the memory's own,
+or one per memory object for memories without it), so concurrent async tool calls run one at a
+time; `_arun` waits for it in a worker thread so the event loop is not blocked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
@@ -58,10 +65,6 @@ class RememberArgs(BaseModel):
         min_length=1,
         description="Every fact the user stated about this subject, all in this one call.",
     )
-    namespace: str = Field(
-        default="default",
-        description="A label to group memories (e.g. a user or project name); leave 'default' if unsure.",
-    )
 
     @field_validator("facts", mode="before")
     @classmethod
@@ -99,19 +102,49 @@ def validation_message(err: ValidationError | Exception) -> str:
     return "Invalid arguments: " + "; ".join(parts) + ". Nothing was done; fix them and call again."
 
 
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_BY_ID: dict[int, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def memory_lock(memory: Any) -> threading.RLock:
+    """The lock that serialises tool calls on `memory`: its own `lock` (which the memory also holds
+    around every write, answer and switch), else one made for this memory object."""
+    lock = getattr(memory, "lock", None)
+    if lock is not None:
+        return lock
+    with _LOCKS_GUARD:
+        try:
+            return _LOCKS.setdefault(memory, threading.RLock())
+        except TypeError:  # not weak-referenceable
+            return _LOCKS_BY_ID.setdefault(id(memory), threading.RLock())
+
+
 class _MemoryTool(BaseTool):
-    """What the memory tools share: the memory, error handling, async off the event loop."""
+    """What the memory tools share: the memory and its namespace, error handling, one call at a time, async off the event loop."""
 
     memory: Any = Field(exclude=True)
     """A `rose_memory.memory.ParametricMemory`."""
+    namespace: str = "default"
+    """Whose edits the tool reads and changes; set by the program, never by the model."""
     handle_tool_error: bool = True
     handle_validation_error: Any = validation_message
 
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        from rose_memory.facts import check_namespace
+
+        try:
+            return check_namespace(value)
+        except RoseMemoryError as err:
+            raise ValueError(str(err)) from None
+
     def _locked(self):
-        return getattr(self.memory, "lock", None)
+        return memory_lock(self.memory)
 
     async def _arun(self, *args: Any, run_manager: AsyncCallbackManagerForToolRun | None = None, **kwargs: Any):
-        # A write holds the model for seconds; run it in a thread. The memory's lock serialises writes.
+        # A write holds the model for seconds; run it in a thread, where it waits for the lock.
         return await asyncio.to_thread(self._run, *args, **kwargs)
 
 
@@ -136,12 +169,12 @@ class RoseMemoryTool(_MemoryTool):
         self,
         subject: str,
         facts: list[FactArg],
-        namespace: str = "default",
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict]:
         pairs = [(f.relation, f.object) if isinstance(f, FactArg) else (f["relation"], f["object"]) for f in facts]
         try:
-            record = self.memory.write(subject, pairs, namespace=namespace)
+            with self._locked():
+                record = self.memory.write(subject, pairs, namespace=self.namespace, via="tool")
         except RoseMemoryError as err:
             raise ToolException(f"Nothing was saved: {err}") from None
         data = record.model_dump() if hasattr(record, "model_dump") else dict(record)
@@ -177,10 +210,11 @@ class RoseForgetTool(_MemoryTool):
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, list[int]]:
         try:
-            if edit_id is not None:
-                removed = self.memory.forget(edit_id)
-            else:
-                removed = self.memory.forget(subject=subject)
+            with self._locked():
+                if edit_id is not None:
+                    removed = self.memory.forget(edit_id, namespace=self.namespace)
+                else:
+                    removed = self.memory.forget(subject=subject, namespace=self.namespace)
         except RoseMemoryError as err:
             raise ToolException(f"Nothing was forgotten: {err}") from None
         if not removed:
@@ -202,14 +236,16 @@ class RoseRecallTool(_MemoryTool):
 
     def _run(self, question: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
         try:
-            return self.memory.ask(question)
+            with self._locked():
+                return self.memory.ask(question, namespace=self.namespace)
         except RoseMemoryError as err:
             raise ToolException(str(err)) from None
 
 
-def memory_tools(memory, recall: bool = False) -> list[BaseTool]:
-    """The tools to give an agent: remember and forget, plus recall when the agent's model is not the local one."""
-    tools: list[BaseTool] = [RoseMemoryTool(memory=memory), RoseForgetTool(memory=memory)]
+def memory_tools(memory, recall: bool = False, namespace: str = "default") -> list[BaseTool]:
+    """The tools to give an agent, on `namespace`: remember and forget, plus recall when the agent's model is not the local one."""
+    tools: list[BaseTool] = [RoseMemoryTool(memory=memory, namespace=namespace),
+                             RoseForgetTool(memory=memory, namespace=namespace)]
     if recall:
-        tools.append(RoseRecallTool(memory=memory))
+        tools.append(RoseRecallTool(memory=memory, namespace=namespace))
     return tools

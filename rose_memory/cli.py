@@ -14,7 +14,10 @@ COMMAND_MODULES = ("rose_memory.memory_cli", "rose_memory.eval.cli", "rose_memor
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
+    from .memory_cli import add_home_options
+
     parser = argparse.ArgumentParser(prog="rose-memory", description=__doc__)
+    add_home_options(parser, top=True)  # also accepted before the command: rose-memory --home H ledger list
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:

@@ -65,6 +65,7 @@ def sleep_subject(mem: "ParametricMemory", namespace: str, subject: str, rows: l
     old_sleep = [r for r in rows if r["origin"] == "sleep"]
     if not wake:
         return None
+    mem._use(namespace)  # the weights (and mem.live) of the subject's namespace
     facts = _facts(old_sleep + wake)
     reqs = stored_requests(subject, list(facts.values()))
     index = {r.prompt: i for i, r in enumerate(reqs)}
@@ -182,6 +183,7 @@ def recheck(mem: "ParametricMemory") -> None:
     pol = mem.config.policy
     for (ns, subj), rows in list(groups(mem).items())[-pol.recheck_max_subjects:]:
         reqs = stored_requests(subj, list(_facts(rows).values()))
+        mem._use(ns)
         recall = mem._measure(subj, reqs)
         mem.ledger.note(rows[-1]["id"], {"recheck": {k: recall[k] for k in ("edit", "chat", "about")}})
         if recall["edit"] < pol.recheck_min_recall:

@@ -1,6 +1,7 @@
 """CLI commands on a memory home: remember, ask, forget, ledger, consolidate, export.
 
-Ledger commands read the SQLite file only; they never load the model.
+Ledger commands read the SQLite file only; they never load the model. `--home` and
+`--namespace` may come before the command (`rose-memory --home H ledger list`) or after it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,25 @@ from pathlib import Path
 
 from .cli_options import add_device_options
 from .errors import RoseMemoryError
-from .facts import make_facts
+from .facts import check_namespace, make_facts
+
+
+HOME_HELP = "memory folder (default: $ROSE_MEMORY_HOME or ~/.rose-memory)"
+NAMESPACE_HELP = "the namespace (a set of edits, e.g. one user's) to read or change (default: default)"
+
+
+def add_home_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """--home and --namespace. On the top-level parser they carry the defaults; on a command they are
+    SUPPRESSed when absent, so that a value given before the command is not overwritten by the
+    command's default (argparse copies a subparser's defaults over the parent's values)."""
+    parser.add_argument("--home", type=Path, default=None if top else argparse.SUPPRESS, help=HOME_HELP)
+    parser.add_argument("--namespace", default="default" if top else argparse.SUPPRESS, metavar="NAME",
+                        help=NAMESPACE_HELP)
 
 
 def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", type=Path, default=None,
-                        help="memory folder (default: $ROSE_MEMORY_HOME or ~/.rose-memory)")
+    add_home_options(common)
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     with_model = argparse.ArgumentParser(add_help=False, parents=[common])
     with_model.add_argument("--model", default=None,
@@ -29,7 +42,6 @@ def register(subparsers) -> None:
     p.add_argument("--subject", required=True)
     p.add_argument("--fact", action="append", required=True, metavar="RELATION=OBJECT",
                    help='e.g. --fact "lives in the city of=Warsaw"; repeat for several facts')
-    p.add_argument("--namespace", default="default")
     p.set_defaults(func=cmd_remember)
 
     p = subparsers.add_parser("ask", parents=[with_model], help="ask the edited model a question")
@@ -44,13 +56,15 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("ledger", help="inspect and audit the edit ledger")
     sub = p.add_subparsers(dest="ledger_command", required=True)
-    q = sub.add_parser("list", parents=[common], help="all edits, oldest first")
+    q = sub.add_parser("list", parents=[common], help="the namespace's edits, oldest first")
     q.add_argument("--status")
+    q.add_argument("--all-namespaces", action="store_true", help="every namespace's edits")
     q.set_defaults(func=cmd_ledger_list)
     q = sub.add_parser("show", parents=[common], help="one edit and its events")
     q.add_argument("edit_id", type=int)
     q.set_defaults(func=cmd_ledger_show)
-    q = sub.add_parser("verify", parents=[common], help="check the hash chain and delta files; non-zero exit on a problem")
+    q = sub.add_parser("verify", parents=[common],
+                       help="check the hash chain (every namespace) and delta files; non-zero exit on a problem")
     q.set_defaults(func=cmd_ledger_verify)
 
     p = subparsers.add_parser("consolidate", parents=[with_model],
@@ -72,9 +86,14 @@ def register(subparsers) -> None:
 
 
 def _home(args) -> Path:
-    from .memory import default_home
+    from .memory import check_home, default_home
 
-    return args.home.expanduser() if args.home else default_home()
+    home = getattr(args, "home", None)
+    return check_home(home.expanduser() if home else default_home())
+
+
+def _namespace(args) -> str:
+    return check_namespace(getattr(args, "namespace", "default"))
 
 
 def _open(args, **options):
@@ -83,13 +102,22 @@ def _open(args, **options):
     return ParametricMemory(_home(args), model=args.model, device=args.device, dtype=args.dtype, **options)
 
 
-def _ledger(args):
-    from .stores.ledger import Ledger
+def _existing(args) -> Path:
+    home = _home(args)
+    if not (home / "ledger.sqlite").is_file():
+        raise RoseMemoryError(f"no memory at {home}; create one with `rose-memory remember`, or pass --home")
+    return home
 
-    path = _home(args) / "ledger.sqlite"
-    if not path.exists():
-        raise RoseMemoryError(f"no memory at {path.parent}; create one with `rose-memory remember`, or pass --home")
-    return Ledger(path)
+
+def _ledger(args):
+    from .stores.ledger import Ledger, resolve_key
+
+    home = _existing(args)
+    try:  # the home's key file, read without the model's config types (no torch here)
+        key_file = json.loads((home / "config.json").read_text()).get("ledger_key_file")
+    except (OSError, ValueError, AttributeError):
+        key_file = None
+    return Ledger(home / "ledger.sqlite", key=resolve_key(key_file))
 
 
 def _emit(args, data, text: str) -> None:
@@ -123,8 +151,9 @@ def _recall_text(recall: dict) -> str:
 def cmd_remember(args) -> int:
     facts = [parse_fact(f) for f in args.fact]
     make_facts(args.subject, facts)  # reject bad input before the model loads
+    namespace = _namespace(args)
     with _open(args) as mem:
-        rec = mem.write(args.subject, facts, namespace=args.namespace)
+        rec = mem.write(args.subject, facts, namespace=namespace)
     lines = [f"edit {rec.edit_id} {rec.status}: " + "; ".join(_fact_text(rec.subject, f) for f in rec.facts)]
     if rec.recall:
         lines.append(f"  recall: {_recall_text(rec.recall)}")
@@ -139,8 +168,11 @@ def cmd_remember(args) -> int:
 
 
 def cmd_ask(args) -> int:
+    if not args.question.strip():
+        raise RoseMemoryError("question is empty; ask something, e.g. 'Where does Aurelio live?'")
+    namespace = _namespace(args)
     with _open(args) as mem:
-        answer = mem.ask(args.question, max_new_tokens=args.max_new_tokens)
+        answer = mem.ask(args.question, max_new_tokens=args.max_new_tokens, namespace=namespace)
     _emit(args, {"question": args.question, "answer": answer}, answer)
     return 0
 
@@ -148,33 +180,41 @@ def cmd_ask(args) -> int:
 def cmd_forget(args) -> int:
     if (args.edit_id is None) == (args.subject is None):
         raise RoseMemoryError("give an edit id or --subject S (one of them)")
+    namespace = _namespace(args)
     ledger = _ledger(args)  # refuse an unknown id or subject before the model loads
     try:
         if args.edit_id is not None:
-            status = ledger.get(args.edit_id)["status"]
-            if status != "applied":
-                raise RoseMemoryError(f"edit {args.edit_id} is {status}; only applied edits can be forgotten")
-        elif not ledger.rows(status="applied", subject=args.subject.strip()):
-            raise RoseMemoryError(f"no applied edits about {args.subject!r}; see `rose-memory ledger list`")
+            row = ledger.get(args.edit_id)
+            if row["namespace"] != namespace:
+                raise RoseMemoryError(f"edit {args.edit_id} is in namespace {row['namespace']!r}, not {namespace!r}; "
+                                      f"add --namespace {row['namespace']}")
+            if row["status"] not in ("applied", "consolidated"):
+                raise RoseMemoryError(f"edit {args.edit_id} is {row['status']}; only applied edits can be forgotten")
+        elif not ledger.rows(status="applied", subject=args.subject.strip(), namespace=namespace):
+            raise RoseMemoryError(f"no applied edits about {args.subject!r} in namespace {namespace!r}; "
+                                  "see `rose-memory ledger list`")
     finally:
         ledger.close()
     with _open(args) as mem:
-        ids = mem.forget(args.edit_id, subject=args.subject)
+        ids = mem.forget(args.edit_id, subject=args.subject, namespace=namespace)
     _emit(args, {"forgotten": ids}, f"forgot edit {', '.join(map(str, ids))}")
     return 0
 
 
 def cmd_ledger_list(args) -> int:
+    namespace = None if args.all_namespaces else _namespace(args)
     ledger = _ledger(args)
     try:
-        rows = ledger.rows(status=args.status)
+        rows = ledger.rows(status=args.status, namespace=namespace)
     finally:
         ledger.close()
-    lines = [f"{'id':>4}  {'status':<12}  {'created':<19}  subject: facts"]
+    lines = [f"{'id':>4}  {'status':<12}  {'created':<19}  " + ("namespace  " if namespace is None else "") + "subject: facts"]
     for r in rows:
         facts = "; ".join(f"{_relation(f['prompt'])}={f['object']}" for f in r["facts"])
-        lines.append(f"{r['id']:>4}  {r['status']:<12}  {r['created_at'][:19]}  {r['subject']}: {facts}")
-    _emit(args, rows, "\n".join(lines) if rows else "the ledger is empty")
+        lines.append(f"{r['id']:>4}  {r['status']:<12}  {r['created_at'][:19]}  "
+                     + (f"{r['namespace']}  " if namespace is None else "") + f"{r['subject']}: {facts}")
+    empty = "the ledger is empty" if namespace is None else f"no edits in namespace {namespace!r}"
+    _emit(args, rows, "\n".join(lines) if rows else empty)
     return 0
 
 
@@ -218,8 +258,9 @@ def cmd_consolidate(args) -> int:
     from .eval.cli import parse_sleep_settings
 
     settings = parse_sleep_settings(args.sleep_settings)  # checked before the model loads
+    namespace = _namespace(args)
     with _open(args, progress=True, **({"sleep": settings} if settings else {})) as mem:
-        records = mem.consolidate(subject=args.subject)
+        records = mem.consolidate(subject=args.subject, namespace=namespace)
     lines = []
     for r in records:
         passed = sum(f["stage"] == "consolidated" for f in r.facts)
@@ -234,14 +275,16 @@ def cmd_consolidate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    namespace = _namespace(args)
+    _existing(args)  # an export of nothing must not create a home or load the model
     with _open(args) as mem:
         if args.lora:
-            report = mem.export_lora(args.lora, max_rank=args.max_rank)
+            report = mem.export_lora(args.lora, max_rank=args.max_rank, namespace=namespace)
             text = (f"LoRA adapter (rank {report['rank']}, {len(report['modules'])} modules) written to {report['path']}; "
                     + (f"SVD-truncated, max relative error {report['max_relative_error']:.2e}"
                        if report["truncated"] else "exact"))
         else:
-            report = {"path": str(mem.export_merged(args.merged))}
+            report = {"path": str(mem.export_merged(args.merged, namespace=namespace))}
             text = f"merged model written to {report['path']}"
     _emit(args, report, text)
     return 0

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from .. import faults
 from ..editing.delta import Delta
 from ..errors import RoseMemoryError
 
@@ -31,6 +32,7 @@ def save_delta(path: str | os.PathLike, delta: Delta) -> str:
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())
+    faults.point("deltas:tmp_written")  # the whole file on disk under its .tmp name, not yet in place
     os.replace(tmp, path)
     return hashlib.sha256(blob).hexdigest()
 

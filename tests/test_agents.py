@@ -112,8 +112,9 @@ def test_tool_schema_is_an_openai_function(memory):
     assert facts["type"] == "array" and facts["minItems"] == 1
     assert set(facts["items"]["required"]) == {"relation", "object"}
     for prop in (params["properties"]["subject"], facts["items"]["properties"]["relation"],
-                 facts["items"]["properties"]["object"], params["properties"]["namespace"]):
+                 facts["items"]["properties"]["object"]):
         assert len(prop["description"]) > 20  # tells a model how to fill it
+    assert set(params["properties"]) == {"subject", "facts"}  # the namespace is the program's, not the model's
     forget = convert_to_openai_tool(RoseForgetTool(memory=memory))["function"]
     assert forget["name"] == "forget_memory"
     assert set(forget["parameters"]["properties"]) == {"edit_id", "subject"}

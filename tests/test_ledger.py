@@ -1,6 +1,7 @@
 """The edit ledger without a model: transitions, the hash chain, delta files, WAL."""
 
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -289,3 +290,25 @@ def test_the_key_from_a_file_or_the_environment(tmp_path, monkeypatch):
     with pytest.raises(RoseMemoryError, match="cannot read the ledger key file"):
         resolve_key(tmp_path / "missing")
 
+
+def test_cli_verify_uses_the_key_of_the_environment_or_the_home(tmp_path, monkeypatch, capsys):
+    import json
+
+    from rose_memory.cli import main as cli
+    from rose_memory.stores.ledger import KEY_ENV
+
+    ledger, _ = filled(tmp_path, key=KEY)
+    ledger.close()
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    assert cli(["ledger", "verify", "--home", str(tmp_path)]) == 1
+    assert "the ledger is keyed" in capsys.readouterr().out
+    monkeypatch.setenv(KEY_ENV, KEY.decode())
+    assert cli(["ledger", "verify", "--home", str(tmp_path)]) == 0
+    monkeypatch.delenv(KEY_ENV)
+    (tmp_path / "key").write_bytes(KEY)
+    (tmp_path / "config.json").write_text(json.dumps({"ledger_key_file": str(tmp_path / "key")}))
+    assert cli(["ledger", "verify", "--home", str(tmp_path)]) == 0
+    cut_last_edit(SimpleNamespace(path=tmp_path / "ledger.sqlite"))
+    capsys.readouterr()
+    assert cli(["ledger", "verify", "--home", str(tmp_path)]) == 1
+    assert "head of edits" in capsys.readouterr().out

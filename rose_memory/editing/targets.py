@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .. import faults
 from ..arch import get_module, spec_for
 from ..generate import cache_kwarg, output_cache
 from ..model import LoadedModel
@@ -269,6 +270,7 @@ def optimize_values(
     info: dict = {"losses": [], "steps": 0}
     probs = torch.zeros(len(rows))
     for step in range(steps):
+        faults.point("edit:value_step")  # a kill in the middle of computing an edit (tests/test_crash.py)
         opt.zero_grad()
         nll_rows = torch.zeros(len(rows))
         kl_terms = []
