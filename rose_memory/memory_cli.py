@@ -66,6 +66,11 @@ def register(subparsers) -> None:
     q = sub.add_parser("verify", parents=[common],
                        help="check the hash chain (every namespace) and delta files; non-zero exit on a problem")
     q.set_defaults(func=cmd_ledger_verify)
+    q = sub.add_parser("serve", parents=[common],
+                       help="browse the ledger read-only in Datasette, with canned audit queries (pip install 'rose-memory[audit]')")
+    q.add_argument("--host", default="127.0.0.1")
+    q.add_argument("--port", type=int, default=8001)
+    q.set_defaults(func=cmd_ledger_serve)
 
     p = subparsers.add_parser("consolidate", parents=[with_model],
                               help="sleep: distil each subject's written facts into the chat pathway (minutes per subject on a CPU)")
@@ -252,6 +257,65 @@ def cmd_ledger_verify(args) -> int:
     if problems and not args.json:
         print(f"rose-memory: {len(problems)} problem(s) in the ledger at {_home(args)}", file=sys.stderr)
     return 1 if problems else 0
+
+
+# Datasette's canned queries over the ledger (read-only SQL; :name is a form field).
+AUDIT_QUERIES = {
+    "live_edits": {
+        "title": "Live edits of a namespace",
+        "sql": "SELECT id, subject, facts, method, origin, applied_at, delta_file FROM edits "
+               "WHERE status = 'applied' AND namespace = :namespace ORDER BY id",
+    },
+    "subject_history": {
+        "title": "Every event about a subject",
+        "sql": "SELECT ev.id AS event, ev.edit_id, ed.namespace, ev.kind, ev.from_status, ev.to_status, ev.at, ev.data "
+               "FROM events ev JOIN edits ed ON ed.id = ev.edit_id WHERE ed.subject = :subject ORDER BY ev.id",
+    },
+    "failed_writes": {
+        "title": "Failed writes and why (verification, the write guard, interrupted)",
+        "sql": "SELECT id, namespace, subject, origin, reason, created_at FROM edits WHERE status = 'failed' ORDER BY id DESC",
+    },
+    "edits_per_namespace": {
+        "title": "Edits per namespace and status",
+        "sql": "SELECT namespace, status, COUNT(*) AS edits FROM edits GROUP BY namespace, status ORDER BY namespace, status",
+    },
+    "recent_events": {
+        "title": "The last 100 events",
+        "sql": "SELECT id, edit_id, kind, from_status, to_status, at, data FROM events ORDER BY id DESC LIMIT 100",
+    },
+}
+
+
+def audit_metadata(database: str = "ledger") -> dict:
+    """Datasette metadata: the canned queries, and a title saying the view is read-only."""
+    return {"title": "rose-memory ledger (read-only)",
+            "databases": {database: {"queries": AUDIT_QUERIES}}}
+
+
+def serve_command(ledger: Path, metadata: Path, host: str, port: int) -> list[str]:
+    """The Datasette command line. The file is opened as Datasette opens a mutable database, with
+    SQLite's mode=ro (the memory may go on writing; Datasette never does)."""
+    return [sys.executable, "-m", "datasette", "serve", str(ledger), "--metadata", str(metadata),
+            "--host", host, "--port", str(port)]
+
+
+def cmd_ledger_serve(args) -> int:
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    home = _existing(args)
+    if importlib.util.find_spec("datasette") is None:
+        raise RoseMemoryError("Datasette is not installed; pip install 'rose-memory[audit]' (or datasette)")
+    with tempfile.TemporaryDirectory(prefix="rose-memory-audit-") as tmp:
+        metadata = Path(tmp) / "metadata.json"
+        metadata.write_text(json.dumps(audit_metadata(), indent=2))
+        print(f"serving {home / 'ledger.sqlite'} read-only on http://{args.host}:{args.port}/ledger (Ctrl-C stops)",
+              file=sys.stderr)
+        try:
+            return subprocess.call(serve_command(home / "ledger.sqlite", metadata, args.host, args.port))
+        except KeyboardInterrupt:
+            return 0
 
 
 def cmd_consolidate(args) -> int:
