@@ -291,6 +291,8 @@ class ParametricMemory:
                 if namespace is not None:
                     self._use(namespace)
                 yield
+                if self._held == 1:  # our own changes are in the sets already: no re-read next time
+                    self._synced = self.ledger.state()
 
     def _load_config(self, model, method, edit_config, verify, policy, sleep, more: dict) -> MemoryConfig:
         path = self.home / "config.json"
@@ -385,7 +387,7 @@ class ParametricMemory:
 
     @live.setter
     def live(self, deltas: dict[int, Delta]) -> None:
-        self._sets[self.namespace] = dict(deltas)
+        self._sets[self.namespace] = dict(sorted(deltas.items()))  # ledger order, whatever order they came in
 
     def _use(self, namespace: str) -> None:
         """Switch the weights to base + `namespace`'s applied deltas (exact; only the matrices that differ)."""
