@@ -344,6 +344,9 @@ def test_sequential_writes_one_fact_per_call_through_the_memory(eval_lm, tmp_pat
     calls: list = []
     fake = fake_edit_factory(eval_lm, calls)
     monkeypatch.setattr(rose_memory.memory, "edit", fake)
+    # the eval measures locality itself: the memory's write guard must not refuse (or slow) its writes
+    monkeypatch.setattr(rose_memory.memory.ParametricMemory, "_canary_answers",
+                        lambda *a: pytest.fail("the write guard ran inside the eval"))
     runner = Runner(eval_lm, subjects, locality, mode="sequential", progress=False,
                     memory_options={"verify": {"min_edit_recall": 0.0}}, edit_config={"stage_steps": 3})
     result = runner.run(["rose"])[0]

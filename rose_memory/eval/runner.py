@@ -446,6 +446,10 @@ class Runner:
             if method not in SLEEP_METHODS:  # the wake write alone; rose+consolidate sleeps as the policy says
                 options["policy"] = {**options.get("policy", {}), "enabled": False}
             options["sleep"] = self.sleep_config.model_dump()
+            # The eval measures what each write does to unrelated prompts itself: the memory's write guard
+            # would turn some writes into failures and hide it, and its rate limit would refuse a fast GPU's writes.
+            options.setdefault("guard", {"enabled": False})
+            options.setdefault("limits", {"max_writes_per_minute": None})
             memory = ParametricMemory(home=home.name, model=self.lm, method=SLEEP_METHODS.get(method, method),
                                       progress=False, **options)
         bar = self._bar(sum(len(s.facts) for s in self.subjects), f"{method} (sequential)")
