@@ -84,6 +84,18 @@ def test_remember_then_ask_recalls(written, model, base):
         assert mem.verify() == []
 
 
+def test_a_namespace_without_edits_answers_from_the_base_weights(home, model, base, written):
+    """Namespaces are delta sets: the written fact answers in its namespace only; another
+    namespace's weights are the base model's, bit for bit, and switching back is exact."""
+    with ParametricMemory(home, model=model) as mem:
+        assert ANSWER in mem.ask(QUESTION).lower()
+        assert ANSWER not in mem.ask(QUESTION, namespace="bob").lower()
+        assert same(weights(model, base), base)
+        assert all(torch.equal(p, mem._base[n]) for n, p in model.model.named_parameters() if n in mem._base)
+        assert ANSWER in mem.ask(QUESTION, namespace="default").lower()
+        assert same(weights(model, base), written[2])
+
+
 def test_a_new_process_recalls_what_the_last_one_wrote(home):
     out = run_cli("ask", QUESTION, "--home", str(home), "--json")
     assert out.returncode == 0, out.stderr
