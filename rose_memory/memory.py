@@ -17,169 +17,42 @@ process that finds the home busy says so on stderr and waits up to `lock_timeout
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import threading
-import time
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .editing.api import METHODS, edit
+from .editing.api import edit
 from .editing.delta import Delta
 from .editing.targets import TargetCache
 from .errors import RoseMemoryError
 from .arch import spec_for
 from . import consolidation, faults
 from .consolidation import ConsolidationPolicy, ConsolidationRecord
-from .sleep import SleepConfig
-from .facts import MAX_FACTS, MAX_SUBJECT_CHARS, MAX_TEXT_CHARS, EditRequest, check_namespace, make_facts, stored_requests
-from .generate import generate_ids
-from .model import EMBEDDED, LoadedModel, load_cached, resolve_device, resolve_dtype
+from .facts import EditRequest, check_namespace, make_facts, stored_requests
+from .guard import canary_answers, check_canaries, check_rate, check_special_tokens, is_protected
+from .home_lock import DEFAULT_LOCK_TIMEOUT, HomeLock, check_home, default_home
+from .memory_config import CANARIES, GuardConfig, Limits, MemoryConfig, VerifyConfig, WriteRecord, load_config
+from .model import LoadedModel, load_cached, plain_float, resolve_device, resolve_dtype
+from .recall import chat_text, decode, greedy, measure, passes
 from .stores.deltas import DeltaStore, delta_name, save_lora_adapter
 from .stores.ledger import Ledger, resolve_key
-from .text import mentions
+from .text import mentions  # noqa: F401  (benchmarks import it from here)
 
-DEFAULT_LOCK_TIMEOUT = 60.0
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("ROSE_MEMORY_HOME", "~/.rose-memory")).expanduser()
-
-
-def check_home(home: Path) -> Path:
-    """Refuse a home that cannot be a folder (a file, or under one) before anything is created."""
-    for p in (home, *home.parents):
-        if p.exists():
-            if not p.is_dir():
-                what = "is a file" if p == home else f"is under {p}, which is a file"
-                raise RoseMemoryError(f"the memory home {home} {what}, not a folder; pass --home with a folder")
-            break
-    return home
-
-
-class VerifyConfig(BaseModel):
-    """How a write is checked: generations for the edit's own wording and for chat questions."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
-
-    raw_tokens: int = 12          # continuation of "Aurelio lives in the city of"
-    chat_tokens: int = 40         # answer to a chat question
-    chat_question: str = 'Finish the sentence "{text} ..."'
-    about_question: str = "What can you tell me about {subject}?"
-    min_edit_recall: float = 0.5  # below: the write is reverted and marked failed
-    min_chat_recall: float = 0.0  # the small default model often answers chat questions loosely
-
-
-class Limits(BaseModel):
-    """What one write may hold, and how often a namespace may write (checked before anything is written)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_subject_chars: int = Field(MAX_SUBJECT_CHARS, ge=1, le=MAX_SUBJECT_CHARS)
-    max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1, le=MAX_TEXT_CHARS)   # a relation or an object
-    max_facts_per_write: int = Field(MAX_FACTS, ge=1, le=MAX_FACTS)
-    max_question_chars: int = Field(2000, ge=1)                          # ask()
-    # Writes (ledger rows of origin "write", failed ones included) per namespace in the last 60 s,
-    # counted in the ledger so that every process writing to the home shares the budget. None: no limit.
-    max_writes_per_minute: int | None = Field(60, ge=1)
-
-
-# Prompts unrelated to anything a user tells an agent; their greedy continuations before and after
-# a write show whether the write disturbed the model beyond its subject.
-CANARIES = (
-    "The capital of France is",
-    "Water freezes at a temperature of",
-    "The largest planet in the solar system is",
-    "Romeo and Juliet was written by",
-    "The chemical symbol for gold is",
-    "A week has seven",
-    "The Great Wall is located in",
-    "The opposite of hot is",
-)
-
-
-class GuardConfig(BaseModel):
-    """The write guard: a write that changes too many canary answers is reverted and recorded failed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    canaries: list[str] = Field(default_factory=lambda: list(CANARIES))
-    tokens: int = Field(6, ge=1)                     # greedy tokens compared per canary
-    max_changed: float = Field(0.5, ge=0.0, le=1.0)  # share of canary answers a write may change
-    # Subjects a tool call (an agent) may not write; compared case- and space-insensitively.
-    # The Python API and the CLI may still write them.
-    protected_subjects: list[str] = Field(default_factory=list)
-
-
-class MemoryConfig(BaseModel):
-    """Stored as config.json in the home; the model id fixes which base the deltas belong to."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
-
-    model: str = EMBEDDED
-    method: str = "rose"
-    edit: dict[str, Any] = Field(default_factory=dict)  # EditConfig overrides
-    verify: VerifyConfig = Field(default_factory=VerifyConfig)
-    policy: ConsolidationPolicy = Field(default_factory=ConsolidationPolicy)
-    sleep: dict[str, Any] = Field(default_factory=dict)  # SleepConfig overrides (rose_memory.sleep.config)
-    lora_max_rank: int = 64
-    limits: Limits = Field(default_factory=Limits)
-    guard: GuardConfig = Field(default_factory=GuardConfig)
-    # Seconds an operation waits for another process that holds the home before it gives up.
-    lock_timeout: float = Field(DEFAULT_LOCK_TIMEOUT, ge=0.0)
-    # A file holding the ledger's HMAC key (else $ROSE_MEMORY_LEDGER_KEY; neither: a plain hash chain).
-    ledger_key_file: str | None = None
-
-
-class WriteRecord(BaseModel):
-    edit_id: int
-    status: str
-    subject: str
-    namespace: str = "default"
-    facts: list[dict]
-    recall: dict[str, Any] = Field(default_factory=dict)
-    reason: str | None = None
-    superseded: list[int] = Field(default_factory=list)
-    consolidated_into: int | None = None
+# The settings and home helpers are imported from here too. `edit` and `load_cached` are looked up in
+# this module when called, so that tests can replace them here.
+__all__ = ["CANARIES", "DEFAULT_LOCK_TIMEOUT", "GuardConfig", "Limits", "MemoryConfig", "NamespaceHold",
+           "ParametricMemory", "VerifyConfig", "WriteRecord", "check_home", "default_home"]
 
 
 class _Rejected(Exception):
     """A write whose verification fell below the configured recall."""
 
 
-def _updated(current: BaseModel, given: BaseModel | dict) -> BaseModel:
-    if isinstance(given, dict):
-        return type(current).model_validate(current.model_dump() | given)
-    return type(current).model_validate(given.model_dump())
-
-
 def _facts_of(reqs: list[EditRequest]) -> list[dict]:
     return [{"prompt": r.prompt, "object": r.target} for r in reqs]
-
-
-@contextmanager
-def _plain_float(model):
-    """A GGUF model is held dequantized in memory: let save_pretrained write it as the float model it is."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if str(getattr(method, "value", method)) != "gguf":
-        yield
-        return
-    qc = model.config.quantization_config
-    model.hf_quantizer = None
-    del model.config.quantization_config
-    try:
-        yield
-    finally:
-        model.hf_quantizer, model.config.quantization_config = quantizer, qc
 
 
 class ParametricMemory:
@@ -216,15 +89,12 @@ class ParametricMemory:
         self._sets: dict[str, dict[int, Delta]] = {}  # applied deltas per namespace, ledger order
         self._synced: int | None = None               # the ledger state (Ledger.state) the sets were read at
         self._canaries: dict[tuple, list[list[int]]] = {}
-        self._held = 0                                # nesting depth of the home lock in this process
-        self._timeout = lock_timeout if lock_timeout is not None else self._stored_lock_timeout()
-        self._home_lock = FileLock(str(self.home / ".lock"), thread_local=False)
-        self._home_gate = FileLock(str(self.home / ".lock.gate"), thread_local=False)
+        self._home_lock = HomeLock(self.home, lock_timeout)
         try:
-            with self.lock, self._holding_home():
-                self.config = self._load_config(model, method, edit_config, verify, policy, sleep,
-                                                {"limits": limits, "guard": guard, "lock_timeout": lock_timeout})
-                self._timeout = self.config.lock_timeout
+            with self.lock, self._home_lock.holding():
+                self.config = load_config(self.home, model, method, edit_config, verify, policy, sleep,
+                                          {"limits": limits, "guard": guard, "lock_timeout": lock_timeout})
+                self._home_lock.timeout = self.config.lock_timeout
                 key = resolve_key(self.config.ledger_key_file)
                 self.ledger = Ledger(self.home / "ledger.sqlite", key=key)
                 self.ledger.check_writable()
@@ -238,111 +108,18 @@ class ParametricMemory:
 
     # -- opening --------------------------------------------------------------------------------
 
-    def _stored_lock_timeout(self) -> float:
-        """The home's lock_timeout, read before the lock is held (config.json is replaced atomically)."""
-        try:
-            value = json.loads((self.home / "config.json").read_text()).get("lock_timeout", DEFAULT_LOCK_TIMEOUT)
-            return float(value)
-        except (OSError, ValueError, TypeError, AttributeError):
-            return DEFAULT_LOCK_TIMEOUT
-
-    def _take_home_lock(self, timeout: float) -> None:
-        """The lock file, through a gate: whoever waits for the lock holds the gate, so the holder's next
-        operation queues behind it instead of taking the lock again at once (without the gate a process
-        writing in a loop starves the other: filelock polls, and the releaser is always first)."""
-        start = time.monotonic()
-        self._home_gate.acquire(timeout=timeout, poll_interval=0.01)
-        try:
-            self._home_lock.acquire(timeout=max(0.0, timeout - (time.monotonic() - start)), poll_interval=0.01)
-        finally:
-            self._home_gate.release()
-
-    @contextmanager
-    def _holding_home(self):
-        """The home's lock file, held by this process (reentrant within it); waits for another process."""
-        if self._held == 0:
-            try:
-                self._take_home_lock(0)
-            except Timeout:
-                print(f"rose-memory: the memory at {self.home} is in use by another process; "
-                      f"waiting up to {self._timeout:g} s", file=sys.stderr, flush=True)
-                try:
-                    self._take_home_lock(self._timeout)
-                except Timeout:
-                    raise RoseMemoryError(
-                        f"the memory at {self.home} stayed in use by another process for {self._timeout:g} s; "
-                        "try again when it is done, or raise lock_timeout in the home's config.json"
-                    ) from None
-        self._held += 1
-        try:
-            yield
-        finally:
-            self._held -= 1
-            if self._held == 0:
-                self._home_lock.release()
-
     @contextmanager
     def _exclusive(self, namespace: str | None = None):
         """Hold the memory (threads and processes), weights in step with the ledger, `namespace` active."""
         with self.lock:
             self._check_open()
-            with self._holding_home():
+            with self._home_lock.holding():
                 self._sync()
                 if namespace is not None:
                     self._use(namespace)
                 yield
-                if self._held == 1:  # our own changes are in the sets already: no re-read next time
+                if self._home_lock.held == 1:  # our own changes are in the sets already: no re-read next time
                     self._synced = self.ledger.state()
-
-    def _load_config(self, model, method, edit_config, verify, policy, sleep, more: dict) -> MemoryConfig:
-        path = self.home / "config.json"
-        try:
-            cfg = MemoryConfig.model_validate_json(path.read_text()) if path.exists() else MemoryConfig()
-        except ValidationError as err:
-            raise RoseMemoryError(f"{path} is not a valid memory config ({err.error_count()} errors); fix or remove it") from None
-        fresh = not path.exists()
-        name = model.name if isinstance(model, LoadedModel) else model
-        if name is not None and name != cfg.model:
-            if not fresh and self._has_edits():
-                raise RoseMemoryError(
-                    f"the memory at {self.home} holds edits of model {cfg.model!r}, not {name!r}; "
-                    "open it with that model, or use another home"
-                )
-            cfg.model = name
-        if method is not None:
-            if method not in METHODS:
-                raise RoseMemoryError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-            cfg.method = method
-        try:  # a dict updates the stored settings; a config object replaces them
-            if edit_config is not None:
-                cfg.edit = cfg.edit | dict(edit_config)
-            if verify is not None:
-                cfg.verify = _updated(cfg.verify, verify)
-            if policy is not None:
-                cfg.policy = _updated(cfg.policy, policy)
-            if sleep is not None:
-                cfg.sleep = SleepConfig.model_validate(cfg.sleep | dict(sleep)).model_dump(exclude_defaults=True)
-            for key in ("limits", "guard"):
-                if more[key] is not None:
-                    setattr(cfg, key, _updated(getattr(cfg, key), more[key]))
-            if more["lock_timeout"] is not None:
-                cfg = MemoryConfig.model_validate(cfg.model_dump() | {"lock_timeout": more["lock_timeout"]})
-        except ValidationError as err:
-            raise RoseMemoryError(f"invalid memory settings: {err}") from None
-        tmp = path.with_name("config.json.tmp")
-        tmp.write_text(cfg.model_dump_json(indent=2))
-        os.replace(tmp, path)
-        return cfg
-
-    def _has_edits(self) -> bool:
-        path = self.home / "ledger.sqlite"
-        if not path.exists():
-            return False
-        ledger = Ledger(path)
-        try:
-            return bool(ledger.rows())
-        finally:
-            ledger.close()
 
     def _load_model(self, model) -> LoadedModel:
         lm = model if isinstance(model, LoadedModel) else load_cached(self.config.model, self._device, self._dtype)
@@ -457,101 +234,17 @@ class ParametricMemory:
         return edit(self.lm, reqs, method=self.config.method, config=self.config.edit or None,
                     progress=self.progress, cache=cache)
 
-    # -- generation and verification ------------------------------------------------------------
-
-    def _chat(self, question: str, history: list | None = None) -> str:
-        tok = self.lm.tokenizer
-        messages = [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in (history or [])]
-        messages.append({"role": "user", "content": question})
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages[:-1])
-        return f"{turns}Question: {question}\nAnswer:"
-
-    def _generate(self, prompts: list[tuple[str, bool]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy continuation tokens of a batch of (text, is_chat) prompts (end of sequence cut)."""
-        tok = self.lm.tokenizer
-        ids = [tok(t, add_special_tokens=not chat)["input_ids"] for t, chat in prompts]
-        return generate_ids(self.lm, ids, max_new_tokens=max_new_tokens)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    # -- verification and the write guard (rose_memory/recall.py, rose_memory/guard.py) ------------
 
     def _measure(self, subject: str, reqs: list[EditRequest]) -> dict:
-        """Recall of each fact in its edit form and in chat, and in a general question about the subject."""
-        vc = self.config.verify
-        prompts = [(r.text, False) for r in reqs]
-        prompts += [(self._chat(vc.chat_question.format(text=r.text, subject=subject)), True) for r in reqs]
-        prompts.append((self._chat(vc.about_question.format(subject=subject)), True))
-        outs = self._generate(prompts, max(vc.raw_tokens, vc.chat_tokens))
-        raw = [self._decode(o[: vc.raw_tokens]) for o in outs[: len(reqs)]]
-        chat, about = [self._decode(o) for o in outs[len(reqs): 2 * len(reqs)]], self._decode(outs[-1])
-        hits = lambda texts: [mentions(t, r.target) for t, r in zip(texts, reqs)]  # noqa: E731
-        e, c = hits(raw), hits(chat)
-        a = [mentions(about, r.target) for r in reqs]
-        return {
-            "edit": sum(e) / len(reqs), "chat": sum(c) / len(reqs), "about": sum(a) / len(reqs),
-            "answers": [{"fact": f"{r.text} {r.target}", "edit": x, "chat": y} for r, x, y in zip(reqs, raw, chat)],
-            "about_answer": about,
-        }
-
-    def _passes(self, recall: dict) -> str | None:
-        vc = self.config.verify
-        if recall["edit"] < vc.min_edit_recall:
-            return f"recall in the edit's own wording {recall['edit']:.2f} < {vc.min_edit_recall}"
-        if recall["chat"] < vc.min_chat_recall:
-            return f"recall in chat {recall['chat']:.2f} < {vc.min_chat_recall}"
-        return None
-
-    # -- the write guard ------------------------------------------------------------------------
+        """Recall of each fact in its edit form and in chat, and in a general question about the subject
+        (a method so that tests and benchmarks can replace it)."""
+        return measure(self.lm, self.config.verify, subject, reqs)
 
     def _canary_answers(self, key: tuple) -> list[list[int]]:
-        """Greedy answers to the canary prompts on the weights as they are now (`key`: which deltas those are)."""
-        g = self.config.guard
-        if key not in self._canaries:
-            if len(self._canaries) > 32:
-                self._canaries.clear()
-            self._canaries[key] = self._generate([(p, False) for p in g.canaries], g.tokens)
-        return self._canaries[key]
-
-    def _guard(self, before: list[list[int]], key: tuple) -> tuple[str | None, dict]:
-        """(reason to refuse or None, the measurement) for the weights as they are now against `before`."""
-        g = self.config.guard
-        after = self._canary_answers(key)
-        changed = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
-        share = len(changed) / max(1, len(before))
-        report = {"canaries": len(before), "changed": len(changed), "share": round(share, 4),
-                  "examples": [{"prompt": g.canaries[i], "before": self._decode(before[i]), "after": self._decode(after[i])}
-                               for i in changed[:3]]}
-        if share > g.max_changed:
-            return (f"write guard: the edit changed {len(changed)} of {len(before)} answers to unrelated prompts "
-                    f"(more than guard.max_changed = {g.max_changed:.0%}), e.g. {g.canaries[changed[0]]!r}: "
-                    f"{report['examples'][0]['before']!r} -> {report['examples'][0]['after']!r}"), report
-        return None, report
-
-    def _protected(self, subject: str) -> bool:
-        norm = lambda s: " ".join(s.casefold().split())  # noqa: E731
-        return norm(subject) in {norm(p) for p in self.config.guard.protected_subjects}
-
-    def _check_special_tokens(self, reqs: list[EditRequest]) -> None:
-        """Refuse text holding the tokenizer's control tokens ("<|im_start|>", "</s>"): the tokenizer would
-        read them as the chat template's structure, not as words."""
-        specials = [t for t in getattr(self.lm.tokenizer, "all_special_tokens", []) if isinstance(t, str) and len(t) > 1]
-        for r in reqs:
-            for what, text in (("subject", r.subject), ("relation", r.prompt), ("object", r.target)):
-                found = next((t for t in specials if t in text), None)
-                if found is not None:
-                    raise RoseMemoryError(f"{what} {text[:80]!r} holds the model's control token {found!r}; remove it")
-
-    def _check_rate(self, namespace: str) -> None:
-        limit = self.config.limits.max_writes_per_minute
-        if limit is None:
-            return
-        since = (datetime.now(timezone.utc) - timedelta(seconds=60)).isoformat(timespec="microseconds")
-        n = self.ledger.count(namespace=namespace, origin="write", since=since)
-        if n >= limit:
-            raise RoseMemoryError(f"namespace {namespace!r} wrote {n} times in the last minute; at most {limit} "
-                                  "are accepted (limits.max_writes_per_minute); wait and try again")
+        """Greedy answers to the guard's canary prompts on the weights as they are now (`key`: which deltas);
+        a method so that tests can replace it."""
+        return canary_answers(self.lm, self.config.guard, self._canaries, key)
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -570,10 +263,10 @@ class ParametricMemory:
         subject = reqs[0].subject
         if via not in ("api", "tool"):
             raise RoseMemoryError(f"via must be 'api' or 'tool', got {via!r}")
-        if via == "tool" and self._protected(subject):
+        if via == "tool" and is_protected(subject, self.config.guard.protected_subjects):
             raise RoseMemoryError(f"{subject!r} is a protected subject (guard.protected_subjects); an agent cannot write it")
         with self._exclusive(namespace):
-            self._check_special_tokens(reqs)
+            check_special_tokens(self.lm.tokenizer, reqs)
             faults.point("write:start")
             live_rows = self.ledger.rows(status="applied", subject=subject, namespace=namespace)
             held = {f["prompt"]: (f["object"], r["id"]) for r in live_rows for f in r["facts"]}
@@ -581,7 +274,7 @@ class ParametricMemory:
                 eid = max(held[r.prompt][1] for r in reqs)
                 return WriteRecord(edit_id=eid, status="applied", subject=subject, namespace=namespace,
                                    facts=self.ledger.get(eid)["facts"], reason=f"already remembered by edit {eid}")
-            self._check_rate(namespace)
+            check_rate(self.ledger, namespace, self.config.limits.max_writes_per_minute)
             prompts = {r.prompt for r in reqs}
             old = [r for r in live_rows if any(f["prompt"] in prompts for f in r["facts"])]
             carried = [f for r in old for f in r["facts"] if f["prompt"] not in prompts]
@@ -619,9 +312,10 @@ class ParametricMemory:
             faults.point("write:composed")
             recall = self._measure(subject, reqs)
             fields["metrics"] = {"recall": recall}
-            reason = self._passes(recall)
+            reason = passes(self.config.verify, recall)
             if reason is None and guard:
-                reason, fields["metrics"]["guard"] = self._guard(before, tuple(others | {eid: delta}))
+                after = self._canary_answers(tuple(others | {eid: delta}))
+                reason, fields["metrics"]["guard"] = check_canaries(self.lm, self.config.guard, before, after)
             if reason is not None:
                 raise _Rejected(reason)
             faults.point("write:checked")
@@ -717,7 +411,7 @@ class ParametricMemory:
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or not 1 <= max_new_tokens <= 4096:
             raise RoseMemoryError(f"max_new_tokens must be an integer from 1 to 4096, got {max_new_tokens!r}")
         with self._exclusive(check_namespace(namespace)):
-            return self._decode(self._generate([(self._chat(question.strip(), history), True)], max_new_tokens)[0])
+            return decode(self.lm, greedy(self.lm, [(chat_text(self.lm, question.strip(), history), True)], max_new_tokens)[0])
 
     def edits(self, status: str | None = None, namespace: str | None = None) -> list[dict]:
         """Ledger rows, oldest first (every namespace's unless one is given)."""
@@ -751,7 +445,7 @@ class ParametricMemory:
         with self._exclusive(check_namespace(namespace)):
             out = Path(directory).expanduser()
             out.mkdir(parents=True, exist_ok=True)
-            with _plain_float(self.lm.model):
+            with plain_float(self.lm.model):
                 self.lm.model.save_pretrained(out)
             self.lm.tokenizer.save_pretrained(out)
             return out
@@ -778,8 +472,8 @@ class ParametricMemory:
             self.ledger.close()
             self.ledger = None
         lock = getattr(self, "_home_lock", None)
-        if lock is not None and self._held == 0 and lock.is_locked:
-            lock.release(force=True)
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> "ParametricMemory":
         return self

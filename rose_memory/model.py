@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -110,3 +111,20 @@ def load_cached(name: str | None = None, device: str = "auto", dtype: str = "aut
 @lru_cache(maxsize=2)
 def _load_cached(name: str, device: str, dtype: str) -> LoadedModel:
     return load_model(name, device, dtype)
+
+
+@contextmanager
+def plain_float(model):
+    """A GGUF model is held dequantized in memory: let save_pretrained write it as the float model it is."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if str(getattr(method, "value", method)) != "gguf":
+        yield
+        return
+    qc = model.config.quantization_config
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    try:
+        yield
+    finally:
+        model.hf_quantizer, model.config.quantization_config = quantizer, qc
