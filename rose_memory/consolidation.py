@@ -95,7 +95,7 @@ def sleep_subject(mem: "ParametricMemory", namespace: str, subject: str, rows: l
         lost = [f["prompt"] for f in out.facts if f["stage"] != "consolidated" and f["prompt"] in carried_only_by_sleep]
         reason = None
         if out.delta is None:
-            reason = "no fact passed the gate; the wake edits stay as they were"
+            reason = out.reason
         elif lost:
             reason = f"the new sleep delta would lose {lost}, which only the earlier one carries"
         elif mem.config.policy.keep_if_worse and (recall_after["edit"] + recall_after["held_out"]

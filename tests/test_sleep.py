@@ -25,12 +25,17 @@ pytestmark = pytest.mark.slow
 SUBJECT = "Aurelio Sarkisian"
 FACTS = [("lives in the city of", "Warsaw"), ("{}'s favorite color is", "brown")]
 QUIET = {"policy": {"enabled": False}}
+# The fixture's sleep trains the delta to carry the facts alone (student_wake 0, as a memory that
+# wants its wake edits removed would set it) and is applied whatever the canary says, so that the
+# tests can look at a consolidated fact; the canary refusal has its own test below.
+ALONE = {"student_wake": 0.0, "canary_refuse": False}
 # The fixture's sleep keeps the brown fact awake and the wake + sleep deltas together answer
 # fewer held-back questions than the wake edit alone, which `keep_if_worse` would refuse; it is
 # off here so that the tests can look at an applied sleep.
-KEEP = {"policy": {"enabled": False, "keep_if_worse": False}}
+KEEP = {"policy": {"enabled": False, "keep_if_worse": False}, "sleep": ALONE}
 # A sleep that trains little and measures little, for the tests of what happens around it.
-CHEAP = {"model_questions": 0, "samples": 0, "other_names": 2, "generic_negatives": 2, "scale_steps": [0.0]}
+CHEAP = {"model_questions": 0, "samples": 0, "other_names": 2, "generic_negatives": 2, "scale_steps": [0.0],
+         "canary_names": 2, "delta_scales": [1.0]} | ALONE
 # Wordings none of the transfer set's sources make (checked against the ledger below).
 FRESH = ["In which city does Aurelio Sarkisian have his home?", "Aurelio Sarkisian's home city is where?",
          "Could you tell me where Aurelio Sarkisian lives?", "Where is Aurelio Sarkisian's home?",
@@ -139,6 +144,33 @@ def test_gate_keeps_facts_that_fail_on_their_wake_edit(tmp_path, model, base):
         for n, p in edited.items():
             assert torch.equal(dict(model.model.named_parameters())[n], p)
         assert mem.verify() == []
+
+
+def _passes(lm, facts, cfg):
+    return [{"prompt": f.request.prompt, "object": f.request.target, "edit": True, "held_out": 1.0,
+             "passed": True, "answers": []} for f in facts]
+
+
+def test_a_sleep_that_moves_answers_about_other_people_is_refused(tmp_path, model, monkeypatch):
+    """A delta trained with a far too large step changes the canary answers (people the sleep
+    never trained on) at every scale: refused with that reason, weights as before, although
+    the gate (made to pass every fact here) would have kept it."""
+    import rose_memory.sleep as S
+
+    monkeypatch.setattr(S, "check_facts", _passes)
+    loud = CHEAP | {"steps": 3, "lr": 0.5, "canary_refuse": True, "canary_names": 4, "delta_scales": [1.0, 0.5]}
+    with ParametricMemory(tmp_path / "h", model=model, sleep=loud, **QUIET) as mem:
+        write = mem.write(SUBJECT, FACTS[:1])
+        before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
+        (rec,) = mem.consolidate(SUBJECT)
+        assert rec.status == "failed" and "people it never saw" in rec.reason, rec.reason
+        notes = [e["data"]["delta_scale"] for e in mem.ledger.events(rec.edit_id)
+                 if e["kind"] == "note" and "delta_scale" in e["data"]]
+        assert [c["scale"] for c in notes[0]["canary"]] == [1.0, 0.5]
+        assert all(c["canary_same"] < 0.95 for c in notes[0]["canary"]) and notes[0]["canary_ok"] is False
+        assert list(mem.live) == [write.edit_id] and mem.verify() == []
+        for n, p in model.model.named_parameters():
+            assert torch.equal(p, before[n]), n
 
 
 CRASH = textwrap.dedent("""

@@ -349,7 +349,8 @@ class Runner:
             facts = [f for x in self._sleeps for f in x["facts"]]
             tally.notes.append(f"sleep: {len(secs)} subjects, {sum(secs) / len(secs):.1f} s each (max {max(secs):.1f}); "
                                f"{sum(f['stage'] == 'consolidated' for f in facts)} of {len(facts)} facts passed the "
-                               f"gate; {sum(x['wake_removed'] for x in self._sleeps)} wake edits removed")
+                               f"gate alone; {sum(x.get('kept', True) for x in self._sleeps)} sleeps kept; "
+                               f"{sum(x['wake_removed'] for x in self._sleeps)} wake edits removed")
         result = tally.result(spw, self.ppl_before)
         result.sleeps = self._sleeps
         return result
@@ -425,7 +426,8 @@ class Runner:
                     d.revert(self.lm.model)
             raise
         self._sleeps.append({"subject": subject.name, "seconds": round(out.seconds, 1), "facts": out.facts,
-                             "steps": out.steps, "wake_removed": int(out.wake_scales[0] == 0.0)})
+                             "steps": out.steps, "wake_removed": int(out.wake_scales[0] == 0.0),
+                             "kept": out.delta is not None, "reason": out.reason, "canary": out.canary})
         return [d for d in held.values() if d is not None and d.is_applied]
 
     def _sequential(self, method: str, tally: _Tally) -> None:

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from ..editing.contexts import OTHER_NAMES
+from ..generate import generate_ids
 from ..editing.delta import Delta
 from ..facts import EditRequest
 from ..model import LoadedModel
 from .config import SleepConfig
 from .gate import check_facts
-from .teacher import other_people_prompts, teacher_examples, unrelated_examples
+from .people import made_up_names
+from .teacher import canary_prompts, other_people_prompts, teacher_examples, unrelated_examples
 from .train import train_delta
 from .transfer import transfer_set
 
@@ -38,6 +40,8 @@ class SleepOutcome:
     wake_scales: list[float]             # final scale of each wake edit (0: removed, 1: kept)
     steps: list[dict] = field(default_factory=list)  # each gate measurement, in order
     seconds: float = 0.0
+    reason: str | None = None            # why the sleep was refused (delta None)
+    canary: list[dict] = field(default_factory=list)  # share of canary answers kept at each delta scale tried
 
 
 def scaled(delta: Delta, scale: float) -> Delta:
@@ -50,6 +54,30 @@ def _summary(checks: list[dict]) -> dict:
     n = len(checks)
     return {"edit": sum(c["edit"] for c in checks) / n, "held_out": sum(c["held_out"] for c in checks) / n,
             "passed": sum(c["passed"] for c in checks) / n}
+
+
+CANARY_TOKENS = 8  # what the benchmark's locality compares
+
+
+def _canary_scale(lm: LoadedModel, delta: Delta, canary: list[list[int]], ref: list[list[int]], set_weights: SetWeights,
+                  n_wake: int, cfg: SleepConfig) -> tuple[Delta, list[dict]]:
+    """The sleep delta at the largest of `cfg.delta_scales` that keeps `cfg.canary_min` of the
+    canary answers (wake edits at `cfg.student_wake`); the smallest scale if none does (and the
+    sleep is then refused unless `cfg.canary_refuse` is off). Why: the KL holds the
+    prompts it trains on, but answers about people it never saw move more, and a scaled-down
+    delta trades some recall for them, measured rather than guessed."""
+    checks = []
+    chosen = delta
+    for s in cfg.delta_scales:
+        chosen = scaled(delta, s) if s != 1.0 else delta
+        chosen.meta["scale"] = s
+        set_weights([cfg.student_wake] * n_wake, chosen)
+        same = [a[:CANARY_TOKENS] == b[:CANARY_TOKENS] for a, b in zip(ref, generate_ids(lm, canary, max_new_tokens=CANARY_TOKENS))]
+        share = sum(same) / max(len(same), 1)
+        checks.append({"scale": s, "canary_same": round(share, 3)})
+        if share >= cfg.canary_min:
+            break
+    return chosen, checks
 
 
 def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: list[list[int]], set_weights: SetWeights,
@@ -84,8 +112,11 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     stage("teacher")
     set_weights(zeros, None)
     examples, counts = teacher_examples(lm, facts, open_requests, cfg)
-    names = [n for n in OTHER_NAMES[::-1] if n != reqs[0].subject][: cfg.other_names]
-    unrelated = unrelated_examples(lm, facts, names, cfg)
+    subject = reqs[0].subject
+    people = made_up_names(cfg.other_names + cfg.canary_names, cfg.seed, avoid=subject)
+    unrelated = unrelated_examples(lm, facts, people[: cfg.other_names], cfg)
+    canary = canary_prompts(lm, facts, people[cfg.other_names:], cfg)
+    canary_ref = generate_ids(lm, canary, max_new_tokens=CANARY_TOKENS)
     note("transfer_set", {"questions": [{"prompt": f.request.prompt, "train": f.train, "held_out": f.held} for f in facts],
                           "open_requests": open_requests, "kept": counts, "unrelated": len(unrelated)})
     bar.update(1)
@@ -94,33 +125,53 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     null = []
     if cfg.inputs == "subject":
         others = [n for n in OTHER_NAMES if n != reqs[0].subject][: cfg.null_names]
-        null = other_people_prompts(lm, facts, others)
+        null = other_people_prompts(lm, facts, others, cfg)
+    set_weights([cfg.student_wake] * len(wake_groups), None)
     delta = train_delta(lm, examples, unrelated, cfg, on_step=lambda s, a, b: losses.append((a, b)), null_prompts=null)
     note("trained", {"steps": cfg.steps, "fact_loss": [losses[0][0], losses[-1][0]] if losses else [],
                      "keep_loss": [losses[0][1], losses[-1][1]] if losses else []})
+    delta, scale_checks = _canary_scale(lm, delta, canary, canary_ref, set_weights, len(wake_groups), cfg)
+    canary_ok = scale_checks[-1]["canary_same"] >= cfg.canary_min
+    note("delta_scale", {"scale": delta.meta.get("scale", 1.0), "canary": scale_checks, "canary_ok": canary_ok})
     bar.update(1)
     stage("gate")
-    steps, checks = [], before
+    steps, gates = [], {}
     for s in [1.0, *cfg.scale_steps]:
         set_weights([s] * len(wake_groups), delta)
-        checks = check_facts(lm, facts, cfg)
-        steps.append({"wake_scale": s, "sleep_delta": True, **_summary(checks)})
+        gates[s] = check_facts(lm, facts, cfg)
+        steps.append({"wake_scale": s, "sleep_delta": True, **_summary(gates[s])})
         note("gate", steps[-1])
     bar.update(1)
-    passed = [c["passed"] for c in checks]  # at the last (lowest) wake scale
-    final = [0.0 if all(passed[i] for i in g) else 1.0 for g in wake_groups]
-    keep = any(passed)
-    set_weights(final, delta if keep else None)
-    if keep and final != [cfg.scale_steps[-1]] * len(wake_groups):
-        after = check_facts(lm, facts, cfg)
-        steps.append({"wake_scale": final, "sleep_delta": True, **_summary(after)})
+    low = min(gates)
+    # a wake edit goes when the sleep delta alone carries all its facts; otherwise it stays whole
+    final = [low if all(gates[low][i]["passed"] for i in g) else 1.0 for g in wake_groups]
+    scale_of = {i: final[j] for j, g in enumerate(wake_groups) for i in g}
+    if len(set(final)) <= 1 and (final[0] if final else low) in gates:
+        checks = gates[final[0] if final else low]
+    else:
+        set_weights(final, delta)
+        checks = check_facts(lm, facts, cfg)
+        steps.append({"wake_scale": final, "sleep_delta": True, **_summary(checks)})
         note("gate", steps[-1])
+    consolidated = [gates[low][i]["passed"] and scale_of.get(i, low) == low for i in range(len(facts))]
+    # kept when it carries a fact alone or answers more held-back questions than the wake edits did
+    keep = any(consolidated) or _summary(checks)["held_out"] > _summary(before)["held_out"]
+    keep = keep and (canary_ok or not cfg.canary_refuse)  # never a sleep that moves other people's answers
+    set_weights(final if keep else [1.0] * len(wake_groups), delta if keep else None)
     bar.update(1)
     bar.close()
-    per_fact = [{"prompt": r.prompt, "object": r.target, "stage": "consolidated" if p else "wake",
+    consolidated = [c_ and keep for c_ in consolidated]
+    per_fact = [{"prompt": r.prompt, "object": r.target, "stage": "consolidated" if c_ else "wake",
                  "before": {"edit": b["edit"], "held_out": b["held_out"]},
                  "after": {"edit": c["edit"], "held_out": c["held_out"]},
                  "kept_answers": k["kept_answers"], "answers": c["answers"]}
-                for r, p, b, c, k in zip(reqs, passed, before, checks, counts)]
+                for r, c_, b, c, k in zip(reqs, consolidated, before, checks, counts)]
+    reason = None
+    if not keep:
+        final = [1.0] * len(wake_groups)
+        reason = (f"at every scale the sleep delta changed more than {1 - cfg.canary_min:.0%} of the answers about "
+                  f"people it never saw; the wake edits stay as they were" if not canary_ok and cfg.canary_refuse
+                  else "no fact passed the gate; the wake edits stay as they were")
     return SleepOutcome(delta=delta if keep else None, facts=per_fact, wake_scales=final, steps=steps,
-                        seconds=time.perf_counter() - start)
+                        seconds=time.perf_counter() - start, reason=reason,
+                        canary=scale_checks)

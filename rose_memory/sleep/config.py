@@ -35,15 +35,27 @@ class SleepConfig(BaseModel):
     inputs: Literal["free", "subject"] = "free"
     null_energy: float = 0.99        # "subject": share of the unrelated inputs' energy whose directions are avoided
     null_names: int = 64             # "subject": other people whose questions estimate those directions (with the unrelated prompts)
+    # wake scale the student trains on: 1.0 trains the question pathway to read the fact the
+    # wake edit wrote into the subject (the wake edit is then usually kept); 0.0 trains the
+    # sleep delta to carry the fact alone (so the wake edit can be removed)
+    student_wake: float = 1.0
     lr: float = 5e-3
     steps: int = 16
     batch: int = 8                   # kept answers per step
-    negative_batch: int = 16         # unrelated sequences per step
+    negative_batch: int = 24         # unrelated sequences per step
     per_sequence: bool = True        # the answers' KL summed over each answer's tokens (False: mean per token)
     kl_weight: float = 10.0          # weight of the KL to the model before the sleep on unrelated prompts
-    other_names: int = 16            # other people asked the subject's questions, held to their old answers
+    other_names: int = 24            # made-up people asked the subject's and everyday questions, held to their old answers
+    person_questions: int = 3        # everyday questions per other person (people.PERSON_QUESTIONS, cycled)
     generic_negatives: int = 12      # generic chat and text prompts held to their old answers
     negative_tokens: int = 8         # answer tokens of each unrelated prompt that the KL covers (what locality compares)
+    margin: float = 1.0              # hinge: each old answer token kept ahead of the others by this many nats (0: off)
+    # scale of the sleep delta: the largest of `delta_scales` whose answers about `canary_names`
+    # people never trained on keep at least `canary_min` of their first 8 tokens
+    canary_names: int = 16
+    canary_min: float = 0.95
+    delta_scales: list[float] = Field(default_factory=lambda: [1.0, 0.75, 0.5, 0.35])
+    canary_refuse: bool = True       # refuse the sleep when no scale keeps canary_min (the wake edits stay as they were)
     # gate
     gate_tokens: int = 24            # greedy answer length when a fact is checked
     min_held_out: float = 0.5        # share of a fact's held-back questions that must name the object

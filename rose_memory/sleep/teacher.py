@@ -18,6 +18,7 @@ from ..facts import EditRequest
 from ..generate import chat_prompt, facts_preamble, facts_system, generate_ids
 from ..model import LoadedModel
 from .config import SleepConfig
+from .people import person_questions
 from .sampling import sample
 from .transfer import FactQuestions
 
@@ -26,11 +27,6 @@ GENERIC_CHAT = ("What is the capital of Italy?", "How do plants make their food?
                 "What is 12 times 7?", "Who wrote Romeo and Juliet?", "Why is the sky blue?",
                 "Name three fruits.", "How do I boil an egg?", "What language is spoken in Brazil?",
                 "Tell me a fun fact about space.", "What does a doctor do?", "Translate 'thank you' into French.")
-# Everyday questions about a person, asked about other people so that answers about people in
-# general stay as they were (none names a relation of any particular write).
-PERSON_QUESTIONS = ("Where does {} live?", "What does {} do for a living?", "What is {} known for?",
-                    "Who is {}?", "What are {}'s hobbies?", "Which language does {} speak?", "What does {} like?",
-                    "Tell me about {}.", "Does {} have a pet?", "What is {}'s favorite thing?")
 GENERIC_TEXT = ("The capital of Germany is", "Water boils at a temperature of", "The largest planet in the solar system is",
                 "My favorite season of the year is", "The first president of the United States was",
                 "Most people who live in Spain speak")
@@ -110,35 +106,39 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
     return examples, counts
 
 
-def other_people_prompts(lm: LoadedModel, facts: list[FactQuestions], names: list[str]) -> list[Example]:
-    """This subject's questions and edit forms about other people, prompts only (no answers, no targets)."""
+def _other_people(lm: LoadedModel, facts: list[FactQuestions], names: list[str], cfg: SleepConfig) -> list[list[int]]:
+    """Prompt ids: each name asked two of this subject's question forms and `person_questions`
+    everyday ones (chat), and one of this subject's edit forms (raw text)."""
     tok = lm.tokenizer
     subject = facts[0].request.subject
     forms = [q for f in facts for q in f.train + f.held if subject in q]
-    out = []
+    chats, raws = [], []
     for i, name in enumerate(names):
-        for q in forms[i % max(len(forms), 1):][:2] if forms else []:
-            out.append(Example(tok(chat_prompt(lm, q.replace(subject, name)), add_special_tokens=False)["input_ids"], [],
-                               torch.zeros(0), "unrelated"))
-        out.append(Example(tok(facts[i % len(facts)].request.prompt.replace("{}", name))["input_ids"], [],
-                           torch.zeros(0), "unrelated"))
-    return out
+        chats += [forms[(i * 2 + k) % len(forms)].replace(subject, name) for k in range(2)] if forms else []
+        chats += person_questions(name, cfg.person_questions, i * cfg.person_questions)
+        raws.append(facts[i % len(facts)].request.prompt.replace("{}", name))
+    return ([tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"] for q in chats]
+            + [tok(t)["input_ids"] for t in raws])
+
+
+def other_people_prompts(lm: LoadedModel, facts: list[FactQuestions], names: list[str], cfg: SleepConfig) -> list[Example]:
+    """The same prompts about `names`, without answers (inputs for the `inputs="subject"` null space)."""
+    return [Example(p, [], torch.zeros(0), "unrelated") for p in _other_people(lm, facts, names, cfg)]
+
+
+def canary_prompts(lm: LoadedModel, facts: list[FactQuestions], names: list[str], cfg: SleepConfig) -> list[list[int]]:
+    """Prompts about people the student never sees, for choosing the sleep delta's scale."""
+    return _other_people(lm, facts, names, cfg)
 
 
 def unrelated_examples(lm: LoadedModel, facts: list[FactQuestions], names: list[str], cfg: SleepConfig) -> list[Example]:
-    """Other people asked this subject's questions, and generic prompts, with the model's own answers."""
+    """Other people asked this subject's and everyday questions, and generic prompts, with the model's own answers."""
     tok = lm.tokenizer
-    subject = facts[0].request.subject
-    forms = [q for f in facts for q in f.train + f.held if subject in q]
     generic_raw = list(GENERIC_TEXT[: cfg.generic_negatives // 2])  # half text, half chat
-    chats, raws = [], list(generic_raw)
-    for i, name in enumerate(names):
-        chats += [forms[(i * 3 + k) % len(forms)].replace(subject, name) for k in range(3)] if forms else []
-        chats += [PERSON_QUESTIONS[(i * 2 + k) % len(PERSON_QUESTIONS)].format(name) for k in range(2)]
-        raws.append(facts[i % len(facts)].request.prompt.replace("{}", name))
-    chats += list(GENERIC_CHAT[: cfg.generic_negatives - len(generic_raw)])
-    prompts = [tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"] for q in chats]
-    prompts += [tok(t)["input_ids"] for t in raws]
+    chats = list(GENERIC_CHAT[: cfg.generic_negatives - len(generic_raw)])
+    prompts = _other_people(lm, facts, names, cfg)
+    prompts += [tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"] for q in chats]
+    prompts += [tok(t)["input_ids"] for t in generic_raw]
     answers = generate_ids(lm, prompts, max_new_tokens=cfg.negative_tokens)
     keep = [(p, a) for p, a in zip(prompts, answers) if a]
     logps = _logprobs(lm, [p for p, _ in keep], [a for _, a in keep])

@@ -58,17 +58,27 @@ def _batch(examples: list[Example], pad: int, device) -> tuple[torch.Tensor, tor
     return ids.to(device), mask.to(device), spans
 
 
-def _kl(body, head, examples: list[Example], pad: int, device, per_sequence: bool = False) -> torch.Tensor:
+def _kl(body, head, examples: list[Example], pad: int, device, per_sequence: bool = False,
+        margin: float = 0.0) -> torch.Tensor:
     """KL(target || student) at every answer token: the mean over tokens, or (per_sequence) the
     sum over each answer's tokens averaged over answers, so that the one token that names the
-    object is not outweighed by the restated question around it."""
+    object is not outweighed by the restated question around it. With `margin`, plus a hinge
+    that keeps each answer token ahead of every other token by that many nats: locality is
+    judged on greedy tokens, and a KL that is small on average still flips the tokens that
+    were only narrowly ahead."""
     ids, mask, spans = _batch(examples, pad, device)
     h = body(input_ids=ids, attention_mask=mask).last_hidden_state
     sel = torch.cat([h[i, s: s + n] for i, (s, n) in enumerate(spans)])            # [tokens, d]
     student = torch.log_softmax(head(sel).float(), -1)
     teacher = torch.cat([e.target_logprobs for e in examples]).to(device)          # [tokens, vocab]
     kl = (teacher.exp() * (teacher - student)).sum(-1)                             # [tokens]
-    return kl.sum() / len(examples) if per_sequence else kl.mean()
+    loss = kl.sum() / len(examples) if per_sequence else kl.mean()
+    if margin > 0:
+        target = torch.tensor([t for e in examples for t in e.answer], device=device)
+        own = student.gather(1, target[:, None])[:, 0]
+        rival = student.scatter(1, target[:, None], float("-inf")).max(-1).values
+        loss = loss + torch.relu(margin - (own - rival)).mean()
+    return loss
 
 
 def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool, pad: int, device) -> dict[str, torch.Tensor]:
@@ -147,7 +157,7 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
             neg = rng.sample(unrelated, min(cfg.negative_batch, len(unrelated))) if unrelated and cfg.kl_weight > 0 else []
             opt.zero_grad()
             fact_loss = _kl(body, head, pos, pad, lm.device, per_sequence=cfg.per_sequence)
-            keep_loss = _kl(body, head, neg, pad, lm.device) if neg else torch.zeros((), device=lm.device)
+            keep_loss = _kl(body, head, neg, pad, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
             (fact_loss + cfg.kl_weight * keep_loss).backward()
             opt.step()
             if on_step is not None:
