@@ -14,9 +14,9 @@ import inspect
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .model import LoadedModel
+from .progress import bar as progress_bar
 
 MAX_NEW_TOKENS = 24
 BATCH_SIZE = 128  # prompts per generate call
@@ -167,7 +167,7 @@ def generate_ids(
                 continue
         groups.append([i])
     out: list[list[int] | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, leave=False, **({} if progress else {"disable": True}))
+    bar = progress_bar(total=len(prompts), desc=desc, leave=False, on=progress)
     prefixes: dict = {}
     for g in groups:
         for i, answer in zip(g, _generate_batch(lm, [prompts[i] for i in g], max_new_tokens, prefixes)):

@@ -30,6 +30,7 @@ from .editing.targets import TargetCache
 from .errors import RoseMemoryError
 from .arch import spec_for
 from . import consolidation, faults
+from .progress import library_bars, stage
 from .consolidation import ConsolidationPolicy, ConsolidationRecord
 from .facts import EditRequest, check_namespace, make_facts, stored_requests
 from .guard import canary_answers, check_canaries, check_rate, check_special_tokens, is_protected
@@ -63,7 +64,8 @@ class ParametricMemory:
     them to the base model. `device` and `dtype` (as `load_model` takes them: auto is CUDA with
     bf16 weights where present, else the CPU in float32) apply when the memory loads the model
     itself; a LoadedModel is used as it is. `limits`, `guard` and `lock_timeout` update the
-    home's stored settings, as `verify` and `policy` do.
+    home's stored settings, as `verify` and `policy` do. `progress=True` says on stderr what a
+    slow step is doing (loading the model, editing, verifying, a sleep, an export), with bars.
     """
 
     def __init__(self, home: str | os.PathLike | None = None, model: str | LoadedModel | None = None,
@@ -122,7 +124,13 @@ class ParametricMemory:
                     self._synced = self.ledger.state()
 
     def _load_model(self, model) -> LoadedModel:
-        lm = model if isinstance(model, LoadedModel) else load_cached(self.config.model, self._device, self._dtype)
+        if isinstance(model, LoadedModel):
+            lm = model
+        else:
+            device = resolve_device(self._device)
+            stage(f"loading the model {self.config.model} ({device}, {resolve_dtype(self._dtype, device)})", self.progress)
+            with library_bars(self.progress):
+                lm = load_cached(self.config.model, self._device, self._dtype)
         owner = getattr(lm.model, "_rose_memory_home", None)
         if owner is not None:
             raise RoseMemoryError(f"this model's weights are held by the open memory at {owner}; close that one first")
@@ -296,24 +304,30 @@ class ParametricMemory:
         """
         eid = self.ledger.add(subject, _facts_of(reqs), self.config.method, namespace, origin=origin)
         faults.point("write:pending")
+        say = lambda text: stage(f"edit {eid}: {text}", self.progress)  # noqa: E731
         old_ids = {r["id"] for r in old}
         others = {i: d for i, d in self.live.items() if i not in old_ids}
         fields: dict = {}
         try:
             self._compose(others)  # the edit is computed on the weights without what it replaces
             guard = self.config.guard.enabled
+            if guard:
+                say(f"write guard: {len(self.config.guard.canaries)} canary prompts before the write")
             before = self._canary_answers(tuple(others)) if guard else None
             faults.point("write:editing")
+            say(f"computing the {self.config.method} edit of {len(reqs)} fact(s) about {subject}")
             delta = self._edit(reqs, others)
             faults.point("write:edited")
             fields["delta_file"], fields["delta_sha256"] = self.store.save(eid, delta)
             faults.point("write:saved")
             self._compose(others | {eid: delta})
             faults.point("write:composed")
+            say(f"verifying: {2 * len(reqs) + 1} questions to the edited model")
             recall = self._measure(subject, reqs)
             fields["metrics"] = {"recall": recall}
             reason = passes(self.config.verify, recall)
             if reason is None and guard:
+                say("write guard: the canary prompts after the write")
                 after = self._canary_answers(tuple(others | {eid: delta}))
                 reason, fields["metrics"]["guard"] = check_canaries(self.lm, self.config.guard, before, after)
             if reason is not None:
@@ -393,6 +407,8 @@ class ParametricMemory:
     def consolidate(self, subject: str | None = None, namespace: str = "default") -> list[ConsolidationRecord]:
         """Sleep: distil each subject's live wake edits in `namespace` into its sleep delta (every such subject if none given)."""
         with self._exclusive(check_namespace(namespace)):
+            stage(f"sleep in namespace {namespace!r}" + (f", subject {subject!r}" if subject else "")
+                  + " (minutes per subject on a CPU)", self.progress)
             return consolidation.consolidate(self, subject, namespace)
 
     # -- reading --------------------------------------------------------------------------------
@@ -436,6 +452,7 @@ class ParametricMemory:
         with self._exclusive(check_namespace(namespace)):
             if not self.live:
                 raise RoseMemoryError(f"no applied edits to export in namespace {namespace!r}; write something first")
+            stage(f"writing {len(self.live)} edit(s) as a LoRA adapter to {directory}", self.progress)
             return save_lora_adapter(list(self.live.values()), directory, base_model=self.config.model,
                                      max_rank=max_rank or self.config.lora_max_rank,
                                      fan_in_fan_out=spec_for(self.lm.model).conv1d)
@@ -445,6 +462,7 @@ class ParametricMemory:
         with self._exclusive(check_namespace(namespace)):
             out = Path(directory).expanduser()
             out.mkdir(parents=True, exist_ok=True)
+            stage(f"saving the model with {len(self.live)} edit(s) to {out}", self.progress)
             with plain_float(self.lm.model):
                 self.lm.model.save_pretrained(out)
             self.lm.tokenizer.save_pretrained(out)

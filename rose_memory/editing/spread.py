@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..arch import get_module, spec_for
 from ..model import LoadedModel
+from ..progress import bar as progress_bar
 from .delta import Delta
 from .hooks import keys_and_outputs, keys_at_lookups
 from .tokens import Row
@@ -44,7 +44,7 @@ def spread(lm: LoadedModel, layers: list[int], key_rows: list[Row], key_owner: l
     delta = Delta(method=method)
     originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     try:
-        for i, layer in enumerate(tqdm(layers, desc=f"{method}: layers", disable=not progress)):
+        for i, layer in enumerate(progress_bar(layers, desc=f"{method}: layers", on=progress)):
             keys, _ = keys_and_outputs(lm, key_rows, [layer])
             k = keys[layer]                                           # [n_keys, d_in]
             _, cur = keys_and_outputs(lm, value_rows, [layer], out_layer=z_layer)

@@ -11,11 +11,10 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-
 from ..arch import get_module, spec_for
 from ..errors import RoseMemoryError
 from ..model import LoadedModel
+from ..progress import bar as progress_bar, stage
 from .solvers import nullspace_projector, protect_projector
 
 _memory: dict[str, torch.Tensor] = {}
@@ -45,7 +44,7 @@ def _texts(lm: LoadedModel, corpus: str | None, n_samples: int, n_tokens: int, s
     torch.manual_seed(seed)
     starts = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "There", "One", "After"]
     seqs: list[list[int]] = []
-    bar = tqdm(total=n_samples, desc="sampling corpus", disable=not progress)
+    bar = progress_bar(total=n_samples, desc="sampling corpus", on=progress)
     chunk = 64
     old = tok.padding_side
     tok.padding_side = "left"
@@ -83,6 +82,8 @@ def second_moments(lm: LoadedModel, layers: list[int], corpus: str | None = None
             todo.append(l)
     if not todo:
         return out
+    stage(f"key statistics of layer(s) {', '.join(map(str, todo))}: computed once for this model, "
+          f"then kept in {cache_dir()}", progress)
     seqs = _texts(lm, corpus, n_samples, n_tokens, seed, progress)
     spec = spec_for(lm.model)
     sums = {l: None for l in todo}
@@ -98,7 +99,7 @@ def second_moments(lm: LoadedModel, layers: list[int], corpus: str | None = None
     _mask_flat = [None]
     tok = lm.tokenizer
     try:
-        for start in tqdm(range(0, len(seqs), 32), desc="key statistics", disable=not progress):
+        for start in progress_bar(range(0, len(seqs), 32), desc="key statistics", on=progress):
             part = seqs[start:start + 32]
             t = max(len(s) for s in part)
             ids = torch.full((len(part), t), tok.pad_token_id, dtype=torch.long)
