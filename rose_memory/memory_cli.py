@@ -1,7 +1,9 @@
 """CLI commands on a memory home: remember, ask, forget, ledger, consolidate, export.
 
-Ledger commands read the SQLite file only; they never load the model. `--home` and
-`--namespace` may come before the command (`rose-memory --home H ledger list`) or after it.
+Ledger commands read the SQLite file only; they never load the model. `--home`, `--namespace`
+and `--quiet` may come before the command (`rose-memory --home H ledger list`) or after it.
+A command says what it is doing on stderr (rose_memory/progress.py) unless --quiet; --json
+prints the result as JSON on stdout, which nothing else is written to.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_options import add_device_options
+from .cli_options import add_device_options, add_quiet_option, progress_on
 from .errors import RoseMemoryError
 from .facts import check_namespace, make_facts
+from .progress import stage
 
 
 HOME_HELP = "memory folder (default: $ROSE_MEMORY_HOME or ~/.rose-memory)"
@@ -30,46 +33,54 @@ def add_home_options(parser: argparse.ArgumentParser, top: bool = False) -> None
 
 
 def register(subparsers) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    add_home_options(common)
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    home = argparse.ArgumentParser(add_help=False)
+    add_home_options(home)
+    add_quiet_option(home)
+    common = argparse.ArgumentParser(add_help=False, parents=[home])
+    common.add_argument("--json", action="store_true", help="print the result as JSON on stdout instead of text")
     with_model = argparse.ArgumentParser(add_help=False, parents=[common])
     with_model.add_argument("--model", default=None,
                             help="model name or path when the home is new (default: the embedded SmolLM2-135M-Instruct)")
     add_device_options(with_model)
 
     p = subparsers.add_parser("remember", parents=[with_model], help="write facts about a subject into the weights")
-    p.add_argument("--subject", required=True)
+    p.add_argument("--subject", required=True, help="who or what the facts are about, e.g. Aurelio")
     p.add_argument("--fact", action="append", required=True, metavar="RELATION=OBJECT",
-                   help='e.g. --fact "lives in the city of=Warsaw"; repeat for several facts')
+                   help='e.g. --fact "lives in the city of=Warsaw" (the subject goes first, or where {} stands: '
+                        '--fact "{}\'s favorite color is=brown"); repeat for several facts')
     p.set_defaults(func=cmd_remember)
 
     p = subparsers.add_parser("ask", parents=[with_model], help="ask the edited model a question")
-    p.add_argument("question")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("question", help="the question, asked through the model's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="longest answer in tokens (default 48)")
     p.set_defaults(func=cmd_ask)
 
     p = subparsers.add_parser("forget", parents=[with_model], help="undo an edit exactly (or every edit about a subject)")
-    p.add_argument("edit_id", nargs="?", type=int)
-    p.add_argument("--subject")
+    p.add_argument("edit_id", nargs="?", type=int, help="the edit to undo (its id in `rose-memory ledger list`)")
+    p.add_argument("--subject", help="undo every live edit about this subject instead")
     p.set_defaults(func=cmd_forget)
 
-    p = subparsers.add_parser("ledger", help="inspect and audit the edit ledger")
-    sub = p.add_subparsers(dest="ledger_command", required=True)
+    p = subparsers.add_parser("ledger", help="inspect and audit the edit ledger (never loads the model)",
+                              description="The ledger records every edit and every change of its status, "
+                              "hash-chained (HMAC-chained when ROSE_MEMORY_LEDGER_KEY is set; see docs/security.md).")
+    sub = p.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND",
+                           help="list, show, verify or serve")
     q = sub.add_parser("list", parents=[common], help="the namespace's edits, oldest first")
-    q.add_argument("--status")
+    q.add_argument("--status", choices=["pending", "applied", "failed", "superseded", "forgotten", "consolidated"],
+                   help="only edits with this status")
     q.add_argument("--all-namespaces", action="store_true", help="every namespace's edits")
     q.set_defaults(func=cmd_ledger_list)
     q = sub.add_parser("show", parents=[common], help="one edit and its events")
-    q.add_argument("edit_id", type=int)
+    q.add_argument("edit_id", type=int, help="the edit's id (see `rose-memory ledger list`)")
     q.set_defaults(func=cmd_ledger_show)
     q = sub.add_parser("verify", parents=[common],
                        help="check the hash chain (every namespace) and delta files; non-zero exit on a problem")
     q.set_defaults(func=cmd_ledger_verify)
-    q = sub.add_parser("serve", parents=[common],
+    q = sub.add_parser("serve", parents=[home],
                        help="browse the ledger read-only in Datasette, with canned audit queries (pip install 'rose-memory[audit]')")
-    q.add_argument("--host", default="127.0.0.1")
-    q.add_argument("--port", type=int, default=8001)
+    q.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; no authentication, so keep it local)")
+    q.add_argument("--port", type=int, default=8001, help="port to listen on (default 8001)")
     q.set_defaults(func=cmd_ledger_serve)
 
     p = subparsers.add_parser("consolidate", parents=[with_model],
@@ -81,8 +92,10 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("export", parents=[with_model], help="write the live edits as a LoRA adapter or a merged model")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--lora", type=Path, metavar="DIR")
-    group.add_argument("--merged", type=Path, metavar="DIR")
+    group.add_argument("--lora", type=Path, metavar="DIR",
+                       help="write a peft LoRA adapter of the namespace's live edits to DIR")
+    group.add_argument("--merged", type=Path, metavar="DIR",
+                       help="write the edited model (and its tokenizer) with save_pretrained to DIR")
     p.add_argument("--max-rank", type=int, default=None, help="LoRA rank cap (default from the home's config, 64)")
     p.set_defaults(func=cmd_export)
 
@@ -104,7 +117,8 @@ def _namespace(args) -> str:
 def _open(args, **options):
     from .memory import ParametricMemory
 
-    return ParametricMemory(_home(args), model=args.model, device=args.device, dtype=args.dtype, **options)
+    return ParametricMemory(_home(args), model=args.model, device=args.device, dtype=args.dtype,
+                            progress=progress_on(args), **options)
 
 
 def _existing(args) -> Path:
@@ -310,8 +324,8 @@ def cmd_ledger_serve(args) -> int:
     with tempfile.TemporaryDirectory(prefix="rose-memory-audit-") as tmp:
         metadata = Path(tmp) / "metadata.json"
         metadata.write_text(json.dumps(audit_metadata(), indent=2))
-        print(f"serving {home / 'ledger.sqlite'} read-only on http://{args.host}:{args.port}/ledger (Ctrl-C stops)",
-              file=sys.stderr)
+        stage(f"serving {home / 'ledger.sqlite'} read-only on http://{args.host}:{args.port}/ledger (Ctrl-C stops)",
+              progress_on(args))
         try:
             return subprocess.call(serve_command(home / "ledger.sqlite", metadata, args.host, args.port))
         except KeyboardInterrupt:
@@ -323,7 +337,7 @@ def cmd_consolidate(args) -> int:
 
     settings = parse_sleep_settings(args.sleep_settings)  # checked before the model loads
     namespace = _namespace(args)
-    with _open(args, progress=True, **({"sleep": settings} if settings else {})) as mem:
+    with _open(args, **({"sleep": settings} if settings else {})) as mem:
         records = mem.consolidate(subject=args.subject, namespace=namespace)
     lines = []
     for r in records:

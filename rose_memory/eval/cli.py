@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import shlex
+import sys
 
-from ..cli_options import add_device_options
+from ..cli_options import add_device_options, add_quiet_option, progress_on
 from ..errors import RoseMemoryError
 from .runner import ALL_METHODS, MODES, parse_methods
 
@@ -18,19 +19,24 @@ def register(subparsers) -> None:
         help="run the same-subject editing benchmark",
         description="Write each subject's facts with each method, ask the model, and score the answers "
         "(efficacy, generalization, instruction, confusion, locality, fluency, name fidelity). "
-        "Progress bars go to stderr; set TQDM_DISABLE=1 to silence them.",
+        "Progress goes to stderr (--quiet silences it); the table of results to stdout.",
     )
+    add_quiet_option(p)
     p.add_argument("--data", required=True, metavar="FILE", help="benchmark file (.jsonl, one subject a line)")
     p.add_argument("--locality", metavar="FILE", help="locality prompts (.jsonl with prompt and answer)")
     p.add_argument("--model", metavar="M", default=None, help="model: embedded default, a path, a hub id or a .gguf")
     add_device_options(p)
     p.add_argument("--methods", required=True, metavar="LIST", help=f"comma-separated, from: {','.join(ALL_METHODS)}")
-    p.add_argument("--mode", required=True, choices=MODES)
+    p.add_argument("--mode", required=True, choices=MODES,
+                   help="batch: each subject's facts in one write on the clean model, reverted after its "
+                        "probes; sequential: one fact per write, all kept, through a memory")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N subjects")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seeds the run and the edits (model-sampled prefixes and key statistics); "
                         "--set seed=K overrides the edits' seed")
-    p.add_argument("--json", required=True, metavar="OUT", help="results JSON to write")
+    p.add_argument("--json", required=True, metavar="OUT",
+                   help="results JSON to write (rewritten after each method), or - to print it on stdout "
+                        "at the end instead of the table")
     p.add_argument("--report", metavar="DIR", help="write report.md and a bar chart PNG here")
     p.add_argument("--answers", metavar="FILE", help="write every probe as one JSON line here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
@@ -117,7 +123,9 @@ def run_command(args: argparse.Namespace) -> int:
         if args.limit < 1:
             raise RoseMemoryError(f"--limit must be at least 1, got {args.limit}")
         subjects = subjects[: args.limit]
-    _check_output(args.json, "--json")
+    to_stdout = args.json == "-"
+    if not to_stdout:
+        _check_output(args.json, "--json")
     if args.answers:
         _check_output(args.answers, "--answers")
     if args.report:
@@ -132,20 +140,31 @@ def run_command(args: argparse.Namespace) -> int:
     from .report import markdown_table, write_answers, write_json, write_report
     from .runner import EvalRun, Runner
 
-    resolve_device(args.device)  # a bad --device is an error before the model loads
-    lm = load_cached(args.model, args.device, args.dtype)
-    runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=True,
+    from ..progress import library_bars, stage
+
+    progress = progress_on(args)
+    device = resolve_device(args.device)  # a bad --device is an error before the model loads
+    stage(f"loading the model {args.model or 'embedded'} ({device})", progress)
+    with library_bars(progress):
+        lm = load_cached(args.model, args.device, args.dtype)
+    stage(f"{len(subjects)} subject(s), methods {', '.join(methods)}, {args.mode} mode", progress)
+    runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=progress,
                     keep_records=bool(args.answers), edit_config=settings, sleep_config=sleep_settings)
     run = EvalRun(model=lm.name, data=args.data, mode=args.mode)
 
     def save(result) -> None:
         run.results.append(result)
-        write_json(run, args.json)  # after every method, so a long run keeps what it measured
+        if not to_stdout:
+            write_json(run, args.json)  # after every method, so a long run keeps what it measured
 
     runner.run(methods, on_result=save)
     if args.answers:
         write_answers(run.results, args.answers)
     if args.report:
         write_report(run, args.report, command=command_line(args))
-    print(markdown_table(run))
+    if to_stdout:
+        json.dump(run.to_json(), sys.stdout, indent=2)
+        print()
+    else:
+        print(markdown_table(run))
     return 0
