@@ -22,6 +22,7 @@ Memories persist across sessions through the memory's ledger.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -148,14 +149,16 @@ class ChatSession:
         self._owns_memory = False
 
     @classmethod
-    def open(cls, home=None, memory_model=None, **kwargs: Any) -> "ChatSession":
+    def open(cls, home=None, memory_model=None, *, device: str = "auto", dtype: str = "auto", progress: bool = False,
+             **kwargs: Any) -> "ChatSession":
         """Open (or create) the memory at `home` and a session on it; close() closes both.
 
         memory_model: the local model's name or path, or a LoadedModel (None: the home's model).
+        device, dtype and progress are the memory's (progress: loading, writes and sleeps on stderr).
         """
         from rose_memory.memory import ParametricMemory
 
-        memory = ParametricMemory(home, model=memory_model)
+        memory = ParametricMemory(home, model=memory_model, device=device, dtype=dtype, progress=progress)
         try:
             session = cls(memory, **kwargs)
         except BaseException:
@@ -334,3 +337,28 @@ def run_terminal(session: ChatSession, read: Callable[[str], str] = input, write
             write(f"  + remembered ({turn.source}) {describe_write(record)}")
         for err in turn.errors:
             write(f"  ! {err}")
+
+
+def turn_json(turn: Turn) -> str:
+    """One turn as one JSON line: the user's message, the answer, the memory writes and any errors."""
+    return json.dumps({"question": turn.user, "answer": turn.reply, "written": turn.written, "source": turn.source,
+                       "errors": turn.errors}, ensure_ascii=False, default=str)
+
+
+def run_json_lines(session: ChatSession, read: Callable[[str], str], write: Callable[[str], None] = print) -> None:
+    """The loop of `rose-memory chat --json`: each message read gives one JSON line (turn_json) on `write`,
+    nothing else; empty lines are skipped, /quit or EOF ends it."""
+    while True:
+        try:
+            line = read("you> ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line.strip():
+            continue
+        if line.strip().lower() in ("/quit", "/exit"):
+            break
+        try:
+            turn = session.send(line)
+        except RoseMemoryError as err:
+            turn = Turn(user=line.strip(), reply="", errors=[str(err)])
+        write(turn_json(turn))
