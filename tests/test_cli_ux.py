@@ -105,9 +105,10 @@ def home(tmp_path_factory, tiny_dir):
 
 
 def test_quiet_leaves_stderr_empty(tmp_path, tiny_dir):
-    """In a fresh process (so the model really loads, with transformers' own bars): nothing on stderr."""
+    """In a fresh process (so the model really loads, with transformers' own bars) and an empty cache
+    folder (so the key statistics are computed, with their bars): nothing on stderr."""
     home = tiny_home(tmp_path / "home", tiny_dir, guard={"enabled": True})
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ROSE_MEMORY_CACHE": str(tmp_path / "cache")}
     env.pop("TQDM_DISABLE", None)
     proc = subprocess.run([sys.executable, "-m", "rose_memory.cli", "--quiet", "remember", "--home", str(home), *FACT],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -116,12 +117,16 @@ def test_quiet_leaves_stderr_empty(tmp_path, tiny_dir):
     assert proc.stdout.startswith("edit 1 applied")
 
 
-def test_json_results_parse_and_progress_goes_to_stderr(home, tmp_path, capsys):
+def test_json_results_parse_and_progress_goes_to_stderr(home, tmp_path, monkeypatch, capsys):
+    from rose_memory.editing import stats
+
+    monkeypatch.setenv("ROSE_MEMORY_CACHE", str(tmp_path / "cache"))  # the key statistics computed afresh
+    monkeypatch.setattr(stats, "_memory", {})
     assert cli(["remember", "--home", str(home), *FACT, "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["status"] == "applied"
     stages = [line for line in err.splitlines() if line.startswith("rose-memory:")]
-    for expected in ("edit 1: write guard: 8 canary prompts before the write", "edit 1: computing the rose edit",
+    for expected in ("key statistics of layer(s)", "edit 1: write guard: 8 canary prompts before the write", "edit 1: computing the rose edit",
                      "edit 1: verifying: 3 questions", "edit 1: write guard: the canary prompts after"):
         assert any(expected in line for line in stages), (expected, err)
 
