@@ -28,7 +28,8 @@ QUIET = {"policy": {"enabled": False}}
 # The fixture's sleep trains the delta to carry the facts alone (student_wake 0, as a memory that
 # wants its wake edits removed would set it) and is applied whatever the canary says, so that the
 # tests can look at a consolidated fact; the canary refusal has its own test below.
-ALONE = {"student_wake": 0.0, "canary_refuse": False}
+ALONE = {"student_wake": 0.0, "canary_refuse": False, "delta_scales": [1.0], "margin": 0.0, "other_names": 16,
+         "negative_batch": 16}
 # The fixture's sleep keeps the brown fact awake and the wake + sleep deltas together answer
 # fewer held-back questions than the wake edit alone, which `keep_if_worse` would refuse; it is
 # off here so that the tests can look at an applied sleep.

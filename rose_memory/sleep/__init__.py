@@ -145,7 +145,6 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     low = min(gates)
     # a wake edit goes when the sleep delta alone carries all its facts; otherwise it stays whole
     final = [low if all(gates[low][i]["passed"] for i in g) else 1.0 for g in wake_groups]
-    scale_of = {i: final[j] for j, g in enumerate(wake_groups) for i in g}
     if len(set(final)) <= 1 and (final[0] if final else low) in gates:
         checks = gates[final[0] if final else low]
     else:
@@ -153,7 +152,8 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
         checks = check_facts(lm, facts, cfg)
         steps.append({"wake_scale": final, "sleep_delta": True, **_summary(checks)})
         note("gate", steps[-1])
-    consolidated = [gates[low][i]["passed"] and scale_of.get(i, low) == low for i in range(len(facts))]
+    # a fact is consolidated when the sleep delta alone carries it, even if its wake edit stays for another fact
+    consolidated = [gates[low][i]["passed"] for i in range(len(facts))]
     # kept when it carries a fact alone or answers more held-back questions than the wake edits did
     keep = any(consolidated) or _summary(checks)["held_out"] > _summary(before)["held_out"]
     keep = keep and (canary_ok or not cfg.canary_refuse)  # never a sleep that moves other people's answers
