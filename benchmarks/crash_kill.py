@@ -49,22 +49,13 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def expected(base: dict, deltas: list) -> dict:
-    import torch
-
-    out = dict(base)
-    for name in {n for d in deltas for n in d.factors}:
-        u = torch.cat([d.factors[name][0].float() for d in deltas if name in d.factors], 1)
-        v = torch.cat([d.factors[name][1].float() for d in deltas if name in d.factors], 1)
-        out[name] = base[name].float() + u @ v.T
-    return out
-
 
 def check(home: Path, lm, base: dict) -> list[str]:
     """Reopen the home after a kill; the problems found (empty: recovered)."""
     import torch
 
     from rose_memory.memory import ParametricMemory
+    from rose_memory.tiny import base_plus
 
     problems = []
     with ParametricMemory(home, model=lm) as mem:
@@ -77,7 +68,7 @@ def check(home: Path, lm, base: dict) -> list[str]:
             ids = [r["id"] for r in rows if r["status"] == "applied" and r["namespace"] == ns]
             if list(mem.live) != ids:
                 problems.append(f"{ns}: live {list(mem.live)} != applied {ids}")
-            want = expected(base, [mem.live[i] for i in ids if i in mem.live])
+            want = base_plus(base, [mem.live[i] for i in ids if i in mem.live])
             params = dict(mem.lm.model.named_parameters())
             bad = [n for n in want if not torch.equal(params[n], want[n])]
             if bad:

@@ -67,3 +67,16 @@ def tiny_home(home: str | os.PathLike, model_dir: str | os.PathLike, **settings)
         config[key] = config[key] | value if isinstance(config.get(key), dict) and isinstance(value, dict) else value
     (home / "config.json").write_text(json.dumps(config, indent=2))
     return home
+
+
+def base_plus(base: dict, deltas: list) -> dict:
+    """The weights `base` + `deltas` composed as the memory composes them (ledger order, float32),
+    computed here independently of the memory: what tests and benchmarks compare the live weights with."""
+    import torch
+
+    out = dict(base)
+    for name in {n for d in deltas for n in d.factors}:
+        u = torch.cat([d.factors[name][0].float() for d in deltas if name in d.factors], 1)
+        v = torch.cat([d.factors[name][1].float() for d in deltas if name in d.factors], 1)
+        out[name] = base[name].float() + u @ v.T
+    return out

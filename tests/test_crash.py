@@ -18,7 +18,7 @@ import torch
 from rose_memory.faults import ENV, EXIT_CODE, FORGET_POINTS, WRITE_POINTS
 from rose_memory.memory import ParametricMemory
 from rose_memory.model import load_model
-from rose_memory.tiny import tiny_home
+from rose_memory.tiny import base_plus, tiny_home
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -51,14 +51,6 @@ def written(tmp_path_factory, tiny_dir):
         assert mem.write("Bruno", [("works as a", "baker")]).status == "applied"
     return home
 
-
-def expected(base, deltas) -> dict[str, torch.Tensor]:
-    out = dict(base)
-    for name in {n for d in deltas for n in d.factors}:
-        u = torch.cat([d.factors[name][0].float() for d in deltas if name in d.factors], 1)
-        v = torch.cat([d.factors[name][1].float() for d in deltas if name in d.factors], 1)
-        out[name] = base[name].float() + u @ v.T
-    return out
 
 
 def test_every_point_is_reached(written, tmp_path):
@@ -102,5 +94,5 @@ def test_a_kill_at_each_point_recovers(written, base, tmp_path, action, point):
             applied = [i for i, r in rows.items() if r["status"] == "applied" and r["namespace"] == namespace]
             assert list(mem.live) == applied
             params = {n: p.detach() for n, p in mem.lm.model.named_parameters()}
-            want = expected(base, [mem.live[i] for i in applied])
+            want = base_plus(base, [mem.live[i] for i in applied])
             assert all(torch.equal(params[n], want[n]) for n in want), namespace

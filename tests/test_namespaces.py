@@ -17,7 +17,7 @@ from rose_memory.cli import main as cli
 from rose_memory.errors import RoseMemoryError
 from rose_memory.memory import ParametricMemory
 from rose_memory.model import load_model
-from rose_memory.tiny import tiny_home
+from rose_memory.tiny import base_plus, tiny_home
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -43,15 +43,6 @@ def same(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 
-def expected(base, deltas) -> dict[str, torch.Tensor]:
-    """base + the deltas, composed the way the memory composes them (ledger order, float32)."""
-    out = dict(base)
-    for name in {n for d in deltas for n in d.factors}:
-        u = torch.cat([d.factors[name][0].float() for d in deltas if name in d.factors], 1)
-        v = torch.cat([d.factors[name][1].float() for d in deltas if name in d.factors], 1)
-        out[name] = base[name].float() + u @ v.T
-    return out
-
 
 def test_each_namespace_answers_with_base_plus_its_own_deltas(home, base):
     with ParametricMemory(home) as mem:
@@ -59,7 +50,7 @@ def test_each_namespace_answers_with_base_plus_its_own_deltas(home, base):
         assert a.status == "applied" and a.namespace == "alice"
         alice = weights(mem)
         assert not same(alice, base)                                 # the write changed the weights ...
-        assert same(alice, expected(base, [mem.live[a.edit_id]]))    # ... by exactly its delta
+        assert same(alice, base_plus(base, [mem.live[a.edit_id]]))    # ... by exactly its delta
         mem.use("bob")
         assert mem.live == {} and same(weights(mem), base)           # bob has no edits: base, bit for bit
         b = mem.write("Bruno", [("works as a", "baker")], namespace="bob")
