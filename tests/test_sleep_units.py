@@ -44,3 +44,12 @@ def test_settings_are_checked():
     with pytest.raises(ValueError):
         SleepConfig(modules="attention")
     assert SleepConfig().scale_steps[-1] == 0.0
+
+
+@pytest.mark.parametrize("bad", ["delta_scales=[]", "canary_min=2", "margin=-1"])
+def test_canary_and_hinge_settings_out_of_range_are_refused(bad):
+    from rose_memory.errors import RoseMemoryError
+    from rose_memory.eval.cli import parse_sleep_settings
+
+    with pytest.raises(RoseMemoryError, match=bad.split("=")[0]):
+        parse_sleep_settings([bad])

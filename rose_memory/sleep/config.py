@@ -49,12 +49,12 @@ class SleepConfig(BaseModel):
     person_questions: int = 3        # everyday questions per other person (people.PERSON_QUESTIONS, cycled)
     generic_negatives: int = 12      # generic chat and text prompts held to their old answers
     negative_tokens: int = 8         # answer tokens of each unrelated prompt that the KL covers (what locality compares)
-    margin: float = 1.0              # hinge: each old answer token kept ahead of the others by this many nats (0: off)
+    margin: float = Field(1.0, ge=0.0)             # hinge: each old answer token kept ahead of the others by this many nats (0: off)
     # scale of the sleep delta: the largest of `delta_scales` whose answers about `canary_names`
     # people never trained on keep at least `canary_min` of their first 8 tokens
     canary_names: int = 16
-    canary_min: float = 0.95
-    delta_scales: list[float] = Field(default_factory=lambda: [1.0, 0.75, 0.5, 0.35])
+    canary_min: float = Field(0.95, ge=0.0, le=1.0)
+    delta_scales: list[float] = Field(default_factory=lambda: [1.0, 0.75, 0.5, 0.35], min_length=1)
     canary_refuse: bool = True       # refuse the sleep when no scale keeps canary_min (the wake edits stay as they were)
     # gate
     gate_tokens: int = 24            # greedy answer length when a fact is checked
