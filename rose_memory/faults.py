@@ -2,7 +2,7 @@
 
 The process exits with os._exit (no cleanup, no flush, as a kill would), so a test can check
 that reopening the memory recovers from that exact point. The points, in the order a write,
-a forget or a sleep reaches them (tests/test_crash.py and tests/test_sleep.py kill at each):
+a forget or a sleep reaches them (tests/test_crash.py kills at each):
 
 write   write:start (validated, before the ledger row), write:pending (the pending row
         committed), write:editing (the superseded edits out of the weights, the edit not yet
@@ -14,7 +14,9 @@ write   write:start (validated, before the ledger row), write:pending (the pendi
         committed), write:committed (after the commit)
 forget  forget:start, forget:composed (the edit out of the weights, the ledger unchanged),
         ledger:transaction, forget:committed
-sleep   sleep:pending, sleep:gate, sleep:transfer_set, sleep:trained, sleep:saved, sleep:committed
+sleep   sleep:pending (the pending row committed), sleep:gate, sleep:transfer_set, sleep:trained,
+        sleep:delta_scale (each after its ledger note), sleep:saved (the delta file in place),
+        sleep:committed
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ WRITE_POINTS = ("write:start", "write:pending", "write:editing", "edit:value_ste
                 "deltas:tmp_written", "write:saved", "write:composed", "write:checked", "ledger:transaction",
                 "write:committed")
 FORGET_POINTS = ("forget:start", "forget:composed", "ledger:transaction", "forget:committed")
+SLEEP_POINTS = ("sleep:pending", "sleep:gate", "sleep:transfer_set", "sleep:trained", "sleep:delta_scale",
+                "sleep:saved", "sleep:committed")
 
 
 def point(name: str) -> None:

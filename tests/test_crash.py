@@ -1,7 +1,7 @@
-"""A child process killed at each named crash point of a write and of a forget (rose_memory/faults.py),
-on the tiny random model; reopening the home must leave a ledger that verifies, no pending row,
-and weights equal to base + the applied deltas of each namespace. The sleep's points are killed
-in tests/test_sleep.py; random SIGKILLs are benchmarks/crash_kill.py.
+"""A child process killed at each named crash point of a write, a forget and a sleep
+(rose_memory/faults.py), on the tiny random model; reopening the home must leave a ledger that
+verifies, no pending row, and weights equal to base + the applied deltas of each namespace.
+Random SIGKILLs are benchmarks/crash_kill.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from rose_memory.faults import ENV, EXIT_CODE, FORGET_POINTS, WRITE_POINTS
+from rose_memory.faults import ENV, EXIT_CODE, FORGET_POINTS, SLEEP_POINTS, WRITE_POINTS
 from rose_memory.memory import ParametricMemory
 from rose_memory.model import load_model
 from rose_memory.tiny import base_plus, tiny_home
@@ -26,14 +26,28 @@ CHILD = textwrap.dedent("""
     import sys
     from rose_memory.memory import ParametricMemory
 
-    with ParametricMemory(sys.argv[1]) as mem:
+    import rose_memory.sleep as S
+
+    def passes(lm, facts, cfg):  # the tiny model recalls nothing: the gate passes every fact, so the sleep reaches its commit
+        return [{"prompt": f.request.prompt, "object": f.request.target, "edit": True, "held_out": 1.0,
+                 "passed": True, "answers": []} for f in facts]
+
+    S.check_facts = passes
+    with ParametricMemory(sys.argv[1], sleep=SLEEP) as mem:
         if sys.argv[2] == "write":   # supersedes edit 1 (alice's), carrying its other fact
             mem.write("Aurelio", [("lives in the city of", "Krakow")], namespace="alice")
-        else:
+        elif sys.argv[2] == "forget":
             mem.forget(1, namespace="alice")
+        else:                        # sleeps Bruno (edit 2, default namespace)
+            mem.consolidate()
     print("not reached")
 """)
-CASES = [("write", p) for p in WRITE_POINTS] + [("forget", p) for p in FORGET_POINTS]
+# A sleep that trains a little and measures little: what is tested is what a kill leaves behind.
+SLEEP = {"model_questions": 0, "samples": 0, "other_names": 2, "generic_negatives": 2, "scale_steps": [0.0],
+         "canary_names": 2, "delta_scales": [1.0], "canary_refuse": False, "steps": 2}
+CHILD = CHILD.replace("sleep=SLEEP", f"sleep={SLEEP!r}")
+CASES = ([("write", p) for p in WRITE_POINTS] + [("forget", p) for p in FORGET_POINTS]
+         + [("sleep", p) for p in SLEEP_POINTS])
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +76,11 @@ def test_every_point_is_reached(written, tmp_path):
     for point in set(WRITE_POINTS) | set(FORGET_POINTS):
         assert f'faults.point("{point}")' in source, point
     assert len(set(WRITE_POINTS) | set(FORGET_POINTS)) >= 10
+    sleep = open(os.path.join(os.path.dirname(__file__), "..", "rose_memory", "consolidation.py")).read()
+    notes = {f"sleep:{k}" for k in ("gate", "transfer_set", "trained", "delta_scale")}  # faults.point(f"sleep:{kind}") per note
+    for point in set(SLEEP_POINTS) - notes:
+        assert f'faults.point("{point}")' in sleep, point
+    assert 'faults.point(f"sleep:{kind}")' in sleep
 
 
 @pytest.mark.parametrize("action, point", CASES, ids=[f"{a}-{p}" for a, p in CASES])
@@ -76,7 +95,7 @@ def test_a_kill_at_each_point_recovers(written, base, tmp_path, action, point):
         rows = {r["id"]: r for r in mem.edits()}
         assert not [r for r in rows.values() if r["status"] == "pending"]
         assert not list((home / "deltas").glob("*.tmp"))
-        committed = point in ("write:committed", "forget:committed")
+        committed = point in ("write:committed", "forget:committed", "sleep:committed")
         if action == "write":
             if point == "write:start":
                 assert list(rows) == [1, 2]                       # killed before its row
@@ -86,9 +105,14 @@ def test_a_kill_at_each_point_recovers(written, base, tmp_path, action, point):
                     assert "interrupted" in rows[3]["reason"]
                     assert not (home / "deltas" / "000003.safetensors").exists()
             assert rows[1]["status"] == ("superseded" if committed else "applied")
-        else:
+        elif action == "forget":
             assert rows[1]["status"] == ("forgotten" if committed else "applied")
-        assert rows[2]["status"] == "applied"
+        if action == "sleep":
+            assert rows[3]["origin"] == "sleep" and rows[3]["status"] == ("applied" if committed else "failed")
+            assert rows[2]["status"] == ("consolidated" if committed else "applied")
+            assert rows[1]["status"] == "applied"
+        else:
+            assert rows[2]["status"] == "applied"
         for namespace in ("alice", "default"):
             mem.use(namespace)
             applied = [i for i, r in rows.items() if r["status"] == "applied" and r["namespace"] == namespace]

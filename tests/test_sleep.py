@@ -1,21 +1,15 @@
 """The sleep stage in a memory, on the real embedded model: one RoSE write, one sleep, shared by the tests.
 
 Each test works on a copy of the slept home (the ledger and delta files), so the file costs
-one write and one sleep with the default settings, plus a few short sleeps in child processes
-and one with no training steps.
+one write and one sleep, plus two short sleeps. A kill at each of the sleep's crash points is
+tested on the tiny model (tests/test_crash.py).
 """
 
-import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
-from rose_memory.faults import ENV, EXIT_CODE
 from rose_memory.memory import ParametricMemory
 from rose_memory.model import load_cached
 from rose_memory.text import mentions
@@ -172,51 +166,3 @@ def test_a_sleep_that_moves_answers_about_other_people_is_refused(tmp_path, mode
         assert list(mem.live) == [write.edit_id] and mem.verify() == []
         for n, p in model.model.named_parameters():
             assert torch.equal(p, before[n]), n
-
-
-CRASH = textwrap.dedent("""
-    import json
-    import sys
-    import rose_memory.sleep as S
-    from rose_memory.memory import ParametricMemory
-
-    def passes(lm, facts, cfg):  # the gate passes every fact, so that the sleep reaches its commit
-        return [{"prompt": f.request.prompt, "object": f.request.target, "edit": True, "held_out": 1.0,
-                 "passed": True, "answers": []} for f in facts]
-
-    S.check_facts = passes
-    with ParametricMemory(sys.argv[1], policy={"enabled": False}, sleep=json.loads(sys.argv[2])) as mem:
-        mem.consolidate()
-    print("not reached")
-""")
-
-
-@pytest.fixture(scope="module")
-def awake(tmp_path_factory, model):
-    home = tmp_path_factory.mktemp("awake")
-    with ParametricMemory(home, model=model, **QUIET) as mem:
-        mem.write(SUBJECT, FACTS[:1])
-    return home
-
-
-@pytest.mark.parametrize("point", ["sleep:pending", "sleep:trained", "sleep:saved", "sleep:committed"])
-def test_a_kill_during_sleep_leaves_a_ledger_that_verifies(tmp_path, model, base, awake, point):
-    home = shutil.copytree(awake, tmp_path / "h")
-    proc = subprocess.run([sys.executable, "-c", CRASH, str(home), json.dumps(CHEAP | {"steps": 2})],
-                          capture_output=True, text=True, timeout=900,
-                          env=os.environ | {ENV: point, "TQDM_DISABLE": "1"})
-    assert proc.returncode == EXIT_CODE, proc.stderr[-2000:]
-    with ParametricMemory(home, model=model, **QUIET) as mem:
-        assert mem.verify() == []
-        rows = mem.edits()
-        assert not [r for r in rows if r["status"] == "pending"]
-        applied = [r["id"] for r in rows if r["status"] == "applied"]
-        assert list(mem.live) == applied
-        sleep_row = next(r for r in rows if r["origin"] == "sleep")
-        assert sleep_row["status"] == ("applied" if point == "sleep:committed" else "failed")
-        assert applied == ([sleep_row["id"]] if point == "sleep:committed" else [1])
-        # the weights are base + the applied deltas, recomposed from the files
-        params = dict(model.model.named_parameters())
-        for name in {n for d in mem.live.values() for n in d.factors}:
-            want = base[name] + sum(d.matrix(name) for d in mem.live.values() if name in d.factors)
-            assert torch.allclose(params[name], want, atol=1e-5)
