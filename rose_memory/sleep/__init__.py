@@ -127,7 +127,8 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
         others = [n for n in OTHER_NAMES if n != reqs[0].subject][: cfg.null_names]
         null = other_people_prompts(lm, facts, others, cfg)
     set_weights([cfg.student_wake] * len(wake_groups), None)
-    delta = train_delta(lm, examples, unrelated, cfg, on_step=lambda s, a, b: losses.append((a, b)), null_prompts=null)
+    delta = train_delta(lm, examples, unrelated, cfg, on_step=lambda s, a, b: losses.append((a, b)), null_prompts=null,
+                        subject=subject, other_names=people[: cfg.other_names])
     note("trained", {"steps": cfg.steps, "fact_loss": [losses[0][0], losses[-1][0]] if losses else [],
                      "keep_loss": [losses[0][1], losses[-1][1]] if losses else []})
     delta, scale_checks = _canary_scale(lm, delta, canary, canary_ref, set_weights, len(wake_groups), cfg)

@@ -32,7 +32,10 @@ class SleepConfig(BaseModel):
     # "free": both factors trained (LoRA); "subject": each layer's input factor is fixed to the
     # directions of the subject's questions that unrelated prompts do not use (only the output
     # factor is trained), so other prompts barely move the delta's output
-    inputs: Literal["free", "subject"] = "free"
+    # "key": each MLP output projection's input factor is fixed to the subject's keys whitened by
+    # the key statistics (C^-1 k, MEMIT's matched filter), so the delta fires where the subject is named
+    inputs: Literal["free", "subject", "key"] = "free"
+    key_others: float = Field(1.0, ge=0.0)  # "key": weight of the other people's name tokens in the statistics the key is whitened by
     null_energy: float = 0.99        # "subject": share of the unrelated inputs' energy whose directions are avoided
     null_names: int = 64             # "subject": other people whose questions estimate those directions (with the unrelated prompts)
     # wake scale the student trains on: 1.0 trains the question pathway to read the fact the

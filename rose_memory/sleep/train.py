@@ -15,11 +15,15 @@ from .config import SleepConfig
 from .teacher import Example
 
 
+def _layers(model: torch.nn.Module, cfg: SleepConfig) -> list[int]:
+    n = num_layers(model)
+    return cfg.layers if cfg.layers is not None else list(range(n // 3, 2 * n // 3))
+
+
 def target_modules(model: torch.nn.Module, cfg: SleepConfig) -> list[str]:
     """Module paths that get factors: per chosen block, its MLP's linear layers (or only the output projection)."""
     spec = spec_for(model)
-    n = num_layers(model)
-    layers = cfg.layers if cfg.layers is not None else list(range(n // 3, 2 * n // 3))
+    layers = _layers(model, cfg)
     out = []
     for i in layers:
         mlp_out = spec.mlp_out_module(i)
@@ -125,8 +129,82 @@ def subject_directions(model, paths: list[str], facts: list[Example], unrelated:
     return out
 
 
+def _subject_positions(tok, prompt: list[int], subject: str) -> list[int]:
+    """Positions of the subject's tokens in `prompt` (each way the tokenizer spells it: with or
+    without a leading space, the last piece possibly merged with what follows, e.g. "'s")."""
+    out: set[int] = set()
+    for text in (subject, " " + subject):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for n in (len(ids), len(ids) - 1):
+            if n < 1:
+                continue
+            for i in range(len(prompt) - n + 1):
+                if prompt[i:i + n] == ids[:n]:
+                    out.update(range(i, i + n))
+    return sorted(out)
+
+
+def _name_inputs(lm: LoadedModel, paths: list[str], rows: list[Example], names: list[str], pad: int) -> dict[str, torch.Tensor]:
+    """Each module's inputs [n, d_in] at the tokens of `names` (any of them) in the rows' prompts."""
+    tok = lm.tokenizer
+    where = [sorted({i for n in names for i in _subject_positions(tok, e.prompt, n)}) for e in rows]
+    rows, where = [e for e, w in zip(rows, where) if w], [w for w in where if w]
+    grabbed: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    hooks = [get_module(lm.model, p).register_forward_hook(lambda m, i, o, p=p: grabbed[p].append(i[0].detach().float().cpu()))
+             for p in paths]
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), 16):
+                ids, mask, _ = _batch(rows[start:start + 16], pad, lm.device)
+                lm.model(input_ids=ids, attention_mask=mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for p in paths:
+        per_row = [x[j] for x in grabbed[p] for j in range(x.shape[0])]                   # batches differ in width
+        out[p] = torch.cat([x[pos] for x, pos in zip(per_row, where)]) if where else torch.zeros(0, 1)
+    return out
+
+
+def key_directions(lm: LoadedModel, layers: list[int], paths: list[str], facts: list[Example], subject: str,
+                   cfg: SleepConfig, pad: int, others: list[Example] = (), other_names: list[str] = ()) -> dict[str, torch.Tensor]:
+    """Per MLP output projection, `rank` input directions [r, d_in] keyed to the subject: the
+    directions a that best separate the subject's token inputs from ordinary text, i.e. the top
+    generalised eigenvectors of (E[k k^T] over the subject's tokens, C = the key statistics RoSE
+    and MEMIT use). a = C^-1 k is the matched filter MEMIT's update uses for one key; each is
+    scaled so that its response over the subject's tokens has unit RMS, so ordinary text answers
+    with about 1/sqrt(eigenvalue) of it. The delta then moves mainly where the subject is named.
+    Whitened by C alone, the best key is "a person's name" (names are rare in ordinary text), so
+    the other people's name tokens in the unrelated prompts are added to C (`key_others`)."""
+    from ..editing.stats import second_moments
+
+    own = _name_inputs(lm, paths, facts, [subject], pad)
+    if not len(own[paths[0]]):
+        raise ValueError(f"no training prompt spells the subject {subject!r}")
+    names = _name_inputs(lm, paths, list(others), list(other_names), pad) if other_names and cfg.key_others > 0 else {}
+    cov = second_moments(lm, layers)
+    out = {}
+    for layer, p in zip(layers, paths):
+        k = own[p]                                                                         # [n, d_in]
+        c = cov[layer].double()
+        if p in names and len(names[p]):  # other people's names too: a direction that fires on any name is no key
+            m = names[p].double().T @ names[p].double() / len(names[p])
+            c = c + cfg.key_others * m * (c.diagonal().sum() / m.diagonal().sum())
+        c = c + 1e-3 * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
+        chol = torch.linalg.cholesky(c)
+        kw = torch.linalg.solve_triangular(chol, k.double().T, upper=False)                # L^-1 k: [d_in, n]
+        u, s, _ = torch.linalg.svd(kw, full_matrices=False)                                # whitened key directions
+        r = min(cfg.rank, int((s > 1e-6 * s[0]).sum()))
+        a = torch.linalg.solve_triangular(chol.T, u[:, :r], upper=True).T                  # [r, d_in]: C^-1 k directions
+        rms = (k.double() @ a.T).pow(2).mean(0).sqrt()                                     # response over the subject's tokens
+        out[p] = (a / rms[:, None]).float().to(lm.device)
+    return out
+
+
 def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example], cfg: SleepConfig,
-                on_step: Callable[[int, float, float], None] | None = None, null_prompts: list[Example] = ()) -> Delta:
+                on_step: Callable[[int, float, float], None] | None = None, null_prompts: list[Example] = (),
+                subject: str | None = None, other_names: list[str] = ()) -> Delta:
     """Low-rank factors trained on the current weights (left unchanged); returned as a Delta."""
     model = lm.model
     paths = target_modules(model, cfg)
@@ -135,8 +213,13 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
     factors, hooks = {}, []
     conv1d = spec_for(model).conv1d
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    fixed = (subject_directions(model, paths, facts, list(unrelated) + list(null_prompts), cfg, pad, lm.device)
-             if cfg.inputs == "subject" else {})
+    fixed = {}
+    if cfg.inputs == "subject":
+        fixed = subject_directions(model, paths, facts, list(unrelated) + list(null_prompts), cfg, pad, lm.device)
+    elif cfg.inputs == "key":
+        spec, layers = spec_for(model), _layers(model, cfg)
+        paths = [spec.mlp_out_module(i) for i in layers]  # the key statistics are of the MLP output projection's input
+        fixed = key_directions(lm, layers, paths, facts, subject or "", cfg, pad, unrelated, other_names)
     for path in paths:
         w = get_module(model, path).weight
         d_out, d_in = (w.shape[1], w.shape[0]) if conv1d else w.shape
