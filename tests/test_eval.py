@@ -412,7 +412,7 @@ def test_rose_then_sleep_in_batch_mode_leaves_the_weights_as_they_were(eval_lm, 
     calls: list = []
     runner = Runner(eval_lm, subjects, [], mode="batch", progress=False, edit_fn=fake_edit_factory(eval_lm, calls),
                     sleep_config={"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2,
-                                  "generic_negatives": 2})
+                                  "generic_negatives": 2, "canary_names": 2, "delta_scales": [1.0]})
     (result,) = runner.run(["rose+consolidate"])
     assert calls == [["parrot"]]
     (sleep,) = result.sleeps

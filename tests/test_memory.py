@@ -264,7 +264,8 @@ def test_separate_writes_trigger_a_sleep(home, model):
     (tests/test_sleep.py trains for real)."""
     policy = {"max_live_edits_per_subject": 2}
     with ParametricMemory(home, model=model, policy=policy, sleep={"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2,
-                                                              "generic_negatives": 2, "scale_steps": [0.0]}) as mem:
+                                                              "generic_negatives": 2, "scale_steps": [0.0],
+                                                              "canary_names": 2, "delta_scales": [1.0]}) as mem:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             rec = mem.write("Aurelio", [("works as a", "carpenter")])
@@ -277,40 +278,3 @@ def test_separate_writes_trigger_a_sleep(home, model):
         assert [f["stage"] for f in sleep["metrics"]["facts"]] == ["wake"] * 3
         assert list(mem.live) == [1, rec.edit_id]
         assert mem.verify() == []
-
-
-def test_alphaedit_writes_avoid_the_keys_of_live_edits(tmp_path, model, base, monkeypatch):
-    """AlphaEdit's sequential setting in a memory: each write is solved with the K K^T of the
-    edits live at that moment (the paper's preserved keys), read from their stored Deltas."""
-    import rose_memory.memory as memory_module
-
-    seen = []
-    real_edit = memory_module.edit
-
-    def recording_edit(lm, reqs, **kw):
-        cache = kw.get("cache")
-        seen.append({l: m.clone() for l, m in cache.preserved.items()} if cache is not None else None)
-        return real_edit(lm, reqs, **kw)
-
-    monkeypatch.setattr(memory_module, "edit", recording_edit)
-    quiet = {"verify": {"min_edit_recall": 0.0}, "policy": {"enabled": False}}
-    home = tmp_path / "alpha"
-    with ParametricMemory(home, model=model, method="alphaedit", **quiet) as mem:
-        first = mem.write("Aurelio", [FACTS[0]])
-        mem.write("Kaiya Yardley", [("{} has a pet", "parrot")])
-        keys = mem.live[first.edit_id].keys
-    assert seen[0] == {}                              # nothing live before the first write
-    assert set(keys) == set(seen[1]) and keys         # one entry per edited layer
-    for layer, k in keys.items():                     # [1 request, d_in]
-        assert k.shape[0] == 1
-        assert torch.allclose(seen[1][layer], k.T @ k)
-    with ParametricMemory(home, model=model) as mem:  # the keys come back from disk
-        again = mem.live[first.edit_id].keys
-        assert all(torch.equal(again[l], keys[l]) for l in keys)
-        mem.forget(subject="Kaiya Yardley")
-        mem.forget(first.edit_id)                     # nothing live: the next write preserves nothing
-        mem.write("Kaiya Yardley", [("{} has a pet", "parrot")])
-    assert seen[2] == {}
-    for n, p in model.model.named_parameters():
-        if n in base:
-            assert torch.equal(p, base[n])            # closing returned the base weights
