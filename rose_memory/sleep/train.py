@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from ..arch import get_module, num_layers, spec_for
+from ..errors import RoseMemoryError
 from ..editing.delta import Delta
 from ..model import LoadedModel
 from .config import SleepConfig
@@ -85,8 +86,10 @@ def _kl(body, head, examples: list[Example], pad: int, device, per_sequence: boo
     return loss
 
 
-def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool, pad: int, device) -> dict[str, torch.Tensor]:
-    """Each module's input vectors [n, d_in] over the examples' tokens (prompt tokens only if asked)."""
+def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool, pad: int, device,
+            positions: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Each module's input vectors [n, d_in] over the examples' tokens (prompt tokens only if asked;
+    only `positions[i]` of example i if given)."""
     out: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
     keep = None
 
@@ -103,6 +106,11 @@ def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool,
                 if prompt_only:
                     for i, e in enumerate(chunk):
                         keep[i, len(e.prompt):] = False
+                if positions is not None:
+                    chosen = torch.zeros_like(keep)
+                    for i, pos in enumerate(positions[start:start + 16]):
+                        chosen[i, pos] = True
+                    keep &= chosen
                 model(input_ids=ids, attention_mask=mask)
     finally:
         for h in hooks:
@@ -146,25 +154,8 @@ def _subject_positions(tok, prompt: list[int], subject: str) -> list[int]:
 
 def _name_inputs(lm: LoadedModel, paths: list[str], rows: list[Example], names: list[str], pad: int) -> dict[str, torch.Tensor]:
     """Each module's inputs [n, d_in] at the tokens of `names` (any of them) in the rows' prompts."""
-    tok = lm.tokenizer
-    where = [sorted({i for n in names for i in _subject_positions(tok, e.prompt, n)}) for e in rows]
-    rows, where = [e for e, w in zip(rows, where) if w], [w for w in where if w]
-    grabbed: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    hooks = [get_module(lm.model, p).register_forward_hook(lambda m, i, o, p=p: grabbed[p].append(i[0].detach().float().cpu()))
-             for p in paths]
-    try:
-        with torch.no_grad():
-            for start in range(0, len(rows), 16):
-                ids, mask, _ = _batch(rows[start:start + 16], pad, lm.device)
-                lm.model(input_ids=ids, attention_mask=mask)
-    finally:
-        for h in hooks:
-            h.remove()
-    out = {}
-    for p in paths:
-        per_row = [x[j] for x in grabbed[p] for j in range(x.shape[0])]                   # batches differ in width
-        out[p] = torch.cat([x[pos] for x, pos in zip(per_row, where)]) if where else torch.zeros(0, 1)
-    return out
+    where = [sorted({i for n in names for i in _subject_positions(lm.tokenizer, e.prompt, n)}) for e in rows]
+    return _inputs(lm.model, paths, rows, True, pad, lm.device, positions=where)
 
 
 def key_directions(lm: LoadedModel, layers: list[int], paths: list[str], facts: list[Example], subject: str,
@@ -181,7 +172,7 @@ def key_directions(lm: LoadedModel, layers: list[int], paths: list[str], facts: 
 
     own = _name_inputs(lm, paths, facts, [subject], pad)
     if not len(own[paths[0]]):
-        raise ValueError(f"no training prompt spells the subject {subject!r}")
+        raise RoseMemoryError(f"no training prompt of the sleep spells the subject {subject!r}")
     names = _name_inputs(lm, paths, list(others), list(other_names), pad) if other_names and cfg.key_others > 0 else {}
     cov = second_moments(lm, layers)
     out = {}
