@@ -25,6 +25,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from langchain.agents import create_agent
@@ -309,23 +310,32 @@ def describe_sleep(rec) -> str:
     return ". ".join(parts) + "."
 
 
+def _messages(read: Callable[[str], str], echo: Callable[[str], None] | None = None,
+              on_eof: Callable[[], None] | None = None) -> Iterator[str]:
+    """The lines a chat loop answers: read until /quit, /exit or EOF (then `on_eof`), empty ones
+    skipped; `echo` gets every line read, as typed."""
+    while True:
+        try:
+            line = read("you> ")
+        except (EOFError, KeyboardInterrupt):
+            if on_eof is not None:
+                on_eof()
+            return
+        if echo is not None:
+            echo(f"you> {line}")
+        if not line.strip():
+            continue
+        if line.strip().lower() in ("/quit", "/exit"):
+            return
+        yield line
+
+
 def run_terminal(session: ChatSession, read: Callable[[str], str] = input, write: Callable[[str], None] = print,
                  echo: bool = False) -> None:
     """The interactive loop: read a line, answer, show what was written to memory. /quit or EOF ends it."""
     write(f"rose-memory chat ({getattr(session.memory.lm, 'name', 'model')}; the prompt keeps the last "
           f"{session.window} exchanges, older ones live only in the weights). /help for commands.")
-    while True:
-        try:
-            line = read("you> ")
-        except (EOFError, KeyboardInterrupt):
-            write("")
-            break
-        if echo:
-            write(f"you> {line}")
-        if not line.strip():
-            continue
-        if line.strip().lower() in ("/quit", "/exit"):
-            break
+    for line in _messages(read, echo=write if echo else None, on_eof=lambda: write("")):
         try:
             turn = session.send(line)
         except RoseMemoryError as err:
@@ -348,15 +358,7 @@ def turn_json(turn: Turn) -> str:
 def run_json_lines(session: ChatSession, read: Callable[[str], str], write: Callable[[str], None] = print) -> None:
     """The loop of `rose-memory chat --json`: each message read gives one JSON line (turn_json) on `write`,
     nothing else; empty lines are skipped, /quit or EOF ends it."""
-    while True:
-        try:
-            line = read("you> ")
-        except (EOFError, KeyboardInterrupt):
-            break
-        if not line.strip():
-            continue
-        if line.strip().lower() in ("/quit", "/exit"):
-            break
+    for line in _messages(read):
         try:
             turn = session.send(line)
         except RoseMemoryError as err:
