@@ -3,8 +3,11 @@
 For each chosen subject, the sleep is run on the clean weights with no wake edit (so every
 answer it changes is the sleep delta's doing), then the subject's questions and paraphrases
 are asked, and the locality prompts plus every third question of the other subjects are
-compared with the clean model's first 8 tokens (the eval's locality test). Used to choose
-the sleep's settings before a full `rose-memory eval` run; figures are in docs/sleep.md.
+compared with the clean model's first 8 tokens (the eval's locality test). With `--wake` the
+subject is written with RoSE first and the sleep trains on top of it. A sleep the canary or the
+gate refuses leaves no delta, and the figures are then the wake edit's alone (`applied` false in
+the output): set `canary_refuse=false` to measure a delta the canary would refuse. Used to
+choose the sleep's settings before a full `rose-memory eval` run; figures are in docs/sleep.md.
 
     python benchmarks/sleep_probe.py DATA --locality FILE [--subjects 0,1] [--set KEY=VALUE ...] [--json OUT]
 """
@@ -73,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("delta", "wake"):
             if held[key] is not None:
                 held[key].revert(lm.model)
-        run = {"subject": s.name, "seconds": round(time.perf_counter() - t, 1),
+        # a refused sleep leaves no delta: the figures are then the wake edit's alone
+        run = {"subject": s.name, "seconds": round(time.perf_counter() - t, 1), "applied": out.delta is not None,
+               "reason": out.reason,
                "instruction": [sum(mentions(a, t) for (t, _), a in zip(questions, answers)), len(questions)],
                "generalization": [sum(mentions(a, t) for (t, _), a in zip(para, para_answers)), len(para)],
                "locality": [sum(same), len(same)], "locality_file": [sum(same[: len(loc)]), len(loc)],

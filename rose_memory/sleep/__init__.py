@@ -114,6 +114,10 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     examples, counts = teacher_examples(lm, facts, open_requests, cfg)
     subject = reqs[0].subject
     people = made_up_names(cfg.other_names + cfg.canary_names, cfg.seed, avoid=subject)
+    # unrelated prompts and the canary are held to what the memory answers now (the wake edits as the
+    # student sees them, no sleep delta): the sleep is judged on what it moves, and a student held to
+    # the answers before the wake edit learns to undo the edit's own side effects, a broad change
+    set_weights([cfg.student_wake] * len(wake_groups), None)
     unrelated = unrelated_examples(lm, facts, people[: cfg.other_names], cfg)
     canary = canary_prompts(lm, facts, people[cfg.other_names:], cfg)
     canary_ref = generate_ids(lm, canary, max_new_tokens=CANARY_TOKENS)

@@ -1,0 +1,50 @@
+"""The sleep's canary on the tiny model: it measures what the sleep delta moves, not the wake edit."""
+
+import torch
+
+from rose_memory.editing.delta import Delta
+from rose_memory.facts import EditRequest
+from rose_memory.generate import generate_ids
+from rose_memory.model import load_model
+from rose_memory.sleep import SleepConfig, consolidate_subject, scaled
+from rose_memory.sleep.people import made_up_names
+from rose_memory.sleep.teacher import canary_prompts
+from rose_memory.sleep.transfer import transfer_set
+
+SMALL = {"model_questions": 1, "samples": 1, "answer_tokens": 4, "other_names": 2, "person_questions": 1,
+         "generic_negatives": 1, "canary_names": 4, "gate_tokens": 4, "delta_scales": [1.0], "steps": 0}
+
+
+def test_a_sleep_that_moves_nothing_keeps_every_canary_answer_even_where_the_wake_edit_moved_them(tiny_dir):
+    """A loud wake edit changes the canary answers; a sleep delta of zero (no training steps) must
+    still read as keeping all of them, since the reference is the memory with its wake edit."""
+    torch.manual_seed(0)
+    lm = load_model(str(tiny_dir))
+    reqs = [EditRequest(subject="Aurelio Brandt", prompt="{} lives in the city of", target="Warsaw")]
+    w = lm.model.model.layers[0].mlp.down_proj.weight
+    gen = torch.Generator().manual_seed(1)
+    wake = Delta(factors={"model.layers.0.mlp.down_proj.weight":
+                          (torch.randn(w.shape[0], 4, generator=gen), torch.randn(w.shape[1], 4, generator=gen))}, method="test")
+    held = []
+
+    def set_weights(scales, delta):
+        while held:
+            held.pop().revert(lm.model)
+        if scales and scales[0]:
+            held.append(scaled(wake, scales[0]).apply(lm.model))
+        if delta is not None:
+            held.append(delta.apply(lm.model))
+
+    cfg = SleepConfig(**SMALL)
+    facts, _ = transfer_set(lm, reqs, cfg)
+    canary = canary_prompts(lm, facts, made_up_names(cfg.other_names + cfg.canary_names, cfg.seed,
+                                                      avoid=reqs[0].subject)[cfg.other_names:], cfg)
+    before = generate_ids(lm, canary, max_new_tokens=8)
+    set_weights([1.0], None)
+    after_wake = generate_ids(lm, canary, max_new_tokens=8)
+    set_weights([0.0], None)
+    assert any(a != b for a, b in zip(before, after_wake))        # the wake edit alone moves canary answers
+
+    out = consolidate_subject(lm, reqs, [[0]], set_weights, cfg)
+    assert out.canary == [{"scale": 1.0, "canary_same": 1.0}]
+    set_weights([0.0], None)
