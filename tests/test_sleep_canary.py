@@ -2,6 +2,7 @@
 
 import torch
 
+from rose_memory.arch import spec_for
 from rose_memory.editing.delta import Delta
 from rose_memory.facts import EditRequest
 from rose_memory.generate import generate_ids
@@ -21,9 +22,10 @@ def test_a_sleep_that_moves_nothing_keeps_every_canary_answer_even_where_the_wak
     torch.manual_seed(0)
     lm = load_model(str(tiny_dir))
     reqs = [EditRequest(subject="Aurelio Brandt", prompt="{} lives in the city of", target="Warsaw")]
-    w = lm.model.model.layers[0].mlp.down_proj.weight
+    name = spec_for(lm.model).mlp_out_weight(0)
+    w = dict(lm.model.named_parameters())[name]
     gen = torch.Generator().manual_seed(1)
-    wake = Delta(factors={"model.layers.0.mlp.down_proj.weight":
+    wake = Delta(factors={name:
                           (torch.randn(w.shape[0], 4, generator=gen), torch.randn(w.shape[1], 4, generator=gen))}, method="test")
     held = []
 

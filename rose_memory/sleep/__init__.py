@@ -130,7 +130,7 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     if cfg.inputs == "subject":
         others = [n for n in OTHER_NAMES if n != reqs[0].subject][: cfg.null_names]
         null = other_people_prompts(lm, facts, others, cfg)
-    set_weights([cfg.student_wake] * len(wake_groups), None)
+    # trained on the weights set above for the unrelated prompts (wake edits at student_wake)
     delta = train_delta(lm, examples, unrelated, cfg, on_step=lambda s, a, b: losses.append((a, b)), null_prompts=null,
                         subject=subject, other_names=people[: cfg.other_names])
     note("trained", {"steps": cfg.steps, "fact_loss": [losses[0][0], losses[-1][0]] if losses else [],

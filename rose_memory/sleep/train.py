@@ -22,14 +22,15 @@ def _layers(model: torch.nn.Module, cfg: SleepConfig) -> list[int]:
 
 
 def target_modules(model: torch.nn.Module, cfg: SleepConfig) -> list[str]:
-    """Module paths that get factors: per chosen block, its MLP's linear layers (or only the output projection)."""
+    """Module paths that get factors: per chosen block, its MLP's linear layers (or only the output
+    projection: with `modules="out"`, and with `inputs="key"`, whose key statistics are of that input)."""
     spec = spec_for(model)
     layers = _layers(model, cfg)
     out = []
     for i in layers:
         mlp_out = spec.mlp_out_module(i)
         parent = mlp_out.rsplit(".", 1)[0]
-        if cfg.modules == "out" or parent == spec.block(i):  # opt keeps its MLP in the block itself
+        if cfg.modules == "out" or cfg.inputs == "key" or parent == spec.block(i):  # opt keeps its MLP in the block itself
             out.append(mlp_out)
             continue
         for name, mod in get_module(model, parent).named_children():
@@ -208,9 +209,7 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
     if cfg.inputs == "subject":
         fixed = subject_directions(model, paths, facts, list(unrelated) + list(null_prompts), cfg, pad, lm.device)
     elif cfg.inputs == "key":
-        spec, layers = spec_for(model), _layers(model, cfg)
-        paths = [spec.mlp_out_module(i) for i in layers]  # the key statistics are of the MLP output projection's input
-        fixed = key_directions(lm, layers, paths, facts, subject or "", cfg, pad, unrelated, other_names)
+        fixed = key_directions(lm, _layers(model, cfg), paths, facts, subject or "", cfg, pad, unrelated, other_names)
     for path in paths:
         w = get_module(model, path).weight
         d_out, d_in = (w.shape[1], w.shape[0]) if conv1d else w.shape
