@@ -203,10 +203,7 @@ def cmd_forget(args) -> int:
     ledger = _ledger(args)  # refuse an unknown id or subject before the model loads
     try:
         if args.edit_id is not None:
-            row = ledger.get(args.edit_id)
-            if row["namespace"] != namespace:
-                raise RoseMemoryError(f"edit {args.edit_id} is in namespace {row['namespace']!r}, not {namespace!r}; "
-                                      f"add --namespace {row['namespace']}")
+            row = _row_in(ledger, args.edit_id, namespace)
             if row["status"] not in ("applied", "consolidated"):
                 raise RoseMemoryError(f"edit {args.edit_id} is {row['status']}; only applied edits can be forgotten")
         elif not ledger.rows(status="applied", subject=args.subject.strip(), namespace=namespace):
@@ -237,10 +234,19 @@ def cmd_ledger_list(args) -> int:
     return 0
 
 
+def _row_in(ledger, edit_id: int, namespace: str) -> dict:
+    """The ledger row of `edit_id`, which must belong to `namespace` (ids are global, edits are not)."""
+    row = ledger.get(edit_id)
+    if row["namespace"] != namespace:
+        raise RoseMemoryError(f"edit {edit_id} is in namespace {row['namespace']!r}, not {namespace!r}; "
+                              f"add --namespace {row['namespace']}")
+    return row
+
+
 def cmd_ledger_show(args) -> int:
     ledger = _ledger(args)
     try:
-        row, events = ledger.get(args.edit_id), ledger.events(args.edit_id)
+        row, events = _row_in(ledger, args.edit_id, _namespace(args)), ledger.events(args.edit_id)
     finally:
         ledger.close()
     lines = [f"edit {row['id']} ({row['status']}, {row['origin']}, method {row['method']}, namespace {row['namespace']})"]

@@ -167,6 +167,10 @@ def test_cli_takes_home_and_namespace_before_or_after_the_command(home, capsys):
     assert json.loads(capsys.readouterr().out) == []
     assert cli(["--home", str(home), "ledger", "list", "--all-namespaces", "--json"]) == 0
     assert [r["namespace"] for r in json.loads(capsys.readouterr().out)] == ["alice", "bob"]
+    assert cli(["--home", str(home), "ledger", "show", "2"]) == 2               # edit 2 is bob's
+    assert "add --namespace bob" in capsys.readouterr().err
+    assert cli(["--home", str(home), "--namespace", "bob", "ledger", "show", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["subject"] == "Bruno"
     assert cli(["--home", str(home), "forget", "1"]) == 2                      # edit 1 is alice's
     assert "add --namespace alice" in capsys.readouterr().err
     assert cli(["--home", str(home), "--namespace", "alice", "forget", "1", "--json"]) == 0
