@@ -6,6 +6,7 @@ Random SIGKILLs are benchmarks/crash_kill.py.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from rose_memory.tiny import base_plus, tiny_home
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CHILD = textwrap.dedent("""
+    import json
     import sys
     from rose_memory.memory import ParametricMemory
 
@@ -33,7 +35,7 @@ CHILD = textwrap.dedent("""
                  "passed": True, "answers": []} for f in facts]
 
     S.check_facts = passes
-    with ParametricMemory(sys.argv[1], sleep=SLEEP) as mem:
+    with ParametricMemory(sys.argv[1], sleep=json.loads(sys.argv[3])) as mem:
         if sys.argv[2] == "write":   # supersedes edit 1 (alice's), carrying its other fact
             mem.write("Aurelio", [("lives in the city of", "Krakow")], namespace="alice")
         elif sys.argv[2] == "forget":
@@ -45,7 +47,6 @@ CHILD = textwrap.dedent("""
 # A sleep that trains a little and measures little: what is tested is what a kill leaves behind.
 SLEEP = {"model_questions": 0, "samples": 0, "other_names": 2, "generic_negatives": 2, "scale_steps": [0.0],
          "canary_names": 2, "delta_scales": [1.0], "canary_refuse": False, "steps": 2}
-CHILD = CHILD.replace("sleep=SLEEP", f"sleep={SLEEP!r}")
 CASES = ([("write", p) for p in WRITE_POINTS] + [("forget", p) for p in FORGET_POINTS]
          + [("sleep", p) for p in SLEEP_POINTS])
 
@@ -86,7 +87,7 @@ def test_every_point_is_reached(written, tmp_path):
 @pytest.mark.parametrize("action, point", CASES, ids=[f"{a}-{p}" for a, p in CASES])
 def test_a_kill_at_each_point_recovers(written, base, tmp_path, action, point):
     home = shutil.copytree(written, tmp_path / "home")
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(home), action], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(home), action, json.dumps(SLEEP)], capture_output=True, text=True,
                           timeout=600, env=os.environ | {ENV: point, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
     assert proc.returncode == EXIT_CODE, proc.stderr[-3000:]
     assert "not reached" not in proc.stdout
