@@ -18,6 +18,13 @@ class ArchSpec:
     mlp_out: str       # MLP output projection inside block {i}; its input is the edit key
     final_norm: str    # the norm before the LM head
     conv1d: bool = False  # gpt2-style Conv1D weights are stored [d_in, d_out]
+    value: str | None = None  # attention value projection inside block {i}, where it is its own linear layer
+
+    def value_module(self, i: int) -> str:
+        if self.value is None:
+            raise RoseMemoryError("this architecture fuses its attention projections; the sleep's modules='value' "
+                                  "needs a separate value projection (use modules='mlp')")
+        return f"{self.layers}.{i}.{self.value}"
 
     def block(self, i: int) -> str:
         return f"{self.layers}.{i}"
@@ -29,7 +36,7 @@ class ArchSpec:
         return f"{self.mlp_out_module(i)}.weight"
 
 
-_LLAMA = ArchSpec(layers="model.layers", mlp_out="mlp.down_proj", final_norm="model.norm")
+_LLAMA = ArchSpec(layers="model.layers", mlp_out="mlp.down_proj", final_norm="model.norm", value="self_attn.v_proj")
 SPECS: dict[str, ArchSpec] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
@@ -37,7 +44,7 @@ SPECS: dict[str, ArchSpec] = {
     "qwen3": _LLAMA,
     "gemma": _LLAMA,
     "gemma2": _LLAMA,
-    "phi3": _LLAMA,
+    "phi3": ArchSpec(layers="model.layers", mlp_out="mlp.down_proj", final_norm="model.norm"),  # fused qkv_proj
     "olmo": _LLAMA,
     "gemma3_text": _LLAMA,
     "olmo2": _LLAMA,
@@ -45,16 +52,17 @@ SPECS: dict[str, ArchSpec] = {
     "stablelm": _LLAMA,
     "granite": _LLAMA,
     "cohere": _LLAMA,
-    "starcoder2": ArchSpec(layers="model.layers", mlp_out="mlp.c_proj", final_norm="model.norm"),
+    "starcoder2": ArchSpec(layers="model.layers", mlp_out="mlp.c_proj", final_norm="model.norm", value="self_attn.v_proj"),
     "gpt2": ArchSpec(layers="transformer.h", mlp_out="mlp.c_proj", final_norm="transformer.ln_f", conv1d=True),
-    "gpt_neo": ArchSpec(layers="transformer.h", mlp_out="mlp.c_proj", final_norm="transformer.ln_f"),
-    "phi": ArchSpec(layers="model.layers", mlp_out="mlp.fc2", final_norm="model.final_layernorm"),
-    "gptj": ArchSpec(layers="transformer.h", mlp_out="mlp.fc_out", final_norm="transformer.ln_f"),
+    "gpt_neo": ArchSpec(layers="transformer.h", mlp_out="mlp.c_proj", final_norm="transformer.ln_f", value="attn.attention.v_proj"),
+    "phi": ArchSpec(layers="model.layers", mlp_out="mlp.fc2", final_norm="model.final_layernorm", value="self_attn.v_proj"),
+    "gptj": ArchSpec(layers="transformer.h", mlp_out="mlp.fc_out", final_norm="transformer.ln_f", value="attn.v_proj"),
     "codegen": ArchSpec(layers="transformer.h", mlp_out="mlp.fc_out", final_norm="transformer.ln_f"),
     "gpt_neox": ArchSpec(layers="gpt_neox.layers", mlp_out="mlp.dense_4h_to_h", final_norm="gpt_neox.final_layer_norm"),
     "falcon": ArchSpec(layers="transformer.h", mlp_out="mlp.dense_4h_to_h", final_norm="transformer.ln_f"),
     "bloom": ArchSpec(layers="transformer.h", mlp_out="mlp.dense_4h_to_h", final_norm="transformer.ln_f"),
-    "opt": ArchSpec(layers="model.decoder.layers", mlp_out="fc2", final_norm="model.decoder.final_layer_norm"),
+    "opt": ArchSpec(layers="model.decoder.layers", mlp_out="fc2", final_norm="model.decoder.final_layer_norm",
+                    value="self_attn.v_proj"),
 }
 
 

@@ -1,13 +1,18 @@
 """The sleep's keyed input factors (`inputs="key"`) on the tiny model: what they respond to."""
 
+import pytest
 import torch
 
+from rose_memory.editing import edit
 from rose_memory.editing.stats import second_moments
+from rose_memory.errors import RoseMemoryError
+from rose_memory.facts import EditRequest
 from rose_memory.generate import chat_prompt
 from rose_memory.model import load_model
 from rose_memory.sleep.config import SleepConfig
 from rose_memory.sleep.teacher import Example
-from rose_memory.sleep.train import _name_inputs, _subject_positions, key_directions
+from rose_memory.sleep.train import (_inputs, _name_inputs, _subject_positions, key_directions, target_modules,
+                                     trace_directions, train_delta)
 
 
 def _examples(lm, texts):
@@ -50,3 +55,43 @@ def test_key_directions_answer_the_subject_and_little_else(tiny_dir):
         assert torch.allclose(rms(a, own), torch.ones(2), atol=1e-3)
         assert ((a @ cov * a).sum(1) < 1).all()             # ordinary text: less than the subject
     assert rms(keyed, theirs).mean() < rms(plain, theirs).mean()
+
+
+def test_trace_directions_mark_what_the_wake_edit_wrote(tiny_dir):
+    """`inputs="trace"`: value projections after the wake edit's layers get one direction each,
+    unit RMS over the edit's trace at the subject's tokens and smaller over unrelated prompts;
+    blocks the edit cannot reach get none; the wake edit is left at `student_wake`."""
+    torch.manual_seed(0)
+    lm = load_model(str(tiny_dir))
+    pad = lm.tokenizer.pad_token_id
+    wake = edit(lm, [EditRequest(subject="Aurelio Brandt", prompt="{} lives in the city of", target="Warsaw")], method="rose")
+    layers = sorted({int(n.split(".")[2]) for n in wake.factors})  # the tiny model's RoSE layers
+    facts = _examples(lm, ["Where does Aurelio Brandt live?", "Which city is Aurelio Brandt from?", "Tell me about Aurelio Brandt."])
+    others = _examples(lm, ["Where does Mira Tovan live?", "What is the capital of France?", "Write a haiku about rain.",
+                            "Kesh Arlo's favorite food is", "Tell me about Noor Baxi."])
+    cfg = SleepConfig(modules="value", inputs="trace", rank=1)
+    paths = target_modules(lm.model, cfg)
+    assert paths and all(p.endswith("self_attn.v_proj") for p in paths)
+    scales = []
+
+    def set_wake(s):
+        scales.append(s)
+        (wake.apply if s else wake.revert)(lm.model)
+
+    wake.apply(lm.model)
+    dirs = trace_directions(lm, paths, facts, others, "Aurelio Brandt", cfg, pad, set_wake)
+    assert scales == [0.0, 1.0]
+    reached = [p for p in paths if int(p.split(".")[2]) > min(layers)]
+    assert sorted(dirs) == sorted(reached) and reached, (layers, list(dirs))
+    on = _name_inputs(lm, list(dirs), facts, ["Aurelio Brandt"], pad)
+    wake.revert(lm.model)
+    off = _name_inputs(lm, list(dirs), facts, ["Aurelio Brandt"], pad)
+    wake.apply(lm.model)
+    unrelated = _inputs(lm.model, list(dirs), others, False, pad, lm.device)
+    for p, a in dirs.items():
+        assert a.shape == (1, lm.model.config.hidden_size)
+        trace = on[p] - off[p]
+        assert torch.allclose((trace @ a.T).pow(2).mean().sqrt(), torch.ones(()), atol=1e-3)
+        assert (unrelated[p] @ a.T).pow(2).mean().sqrt() < 1
+    with pytest.raises(RoseMemoryError, match="wake"):
+        train_delta(lm, facts, others, cfg)  # no way to set the wake edits

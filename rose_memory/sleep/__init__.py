@@ -42,6 +42,7 @@ class SleepOutcome:
     seconds: float = 0.0
     reason: str | None = None            # why the sleep was refused (delta None)
     canary: list[dict] = field(default_factory=list)  # share of canary answers kept at each delta scale tried
+    after: dict = field(default_factory=dict)  # the gate at the final wake scales with the sleep delta (what stays)
 
 
 def scaled(delta: Delta, scale: float) -> Delta:
@@ -132,7 +133,8 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
         null = other_people_prompts(lm, facts, others, cfg)
     # trained on the weights set above for the unrelated prompts (wake edits at student_wake)
     delta = train_delta(lm, examples, unrelated, cfg, on_step=lambda s, a, b: losses.append((a, b)), null_prompts=null,
-                        subject=subject, other_names=people[: cfg.other_names])
+                        subject=subject, other_names=people[: cfg.other_names],
+                        set_wake=lambda scale: set_weights([scale] * len(wake_groups), None))
     note("trained", {"steps": cfg.steps, "fact_loss": [losses[0][0], losses[-1][0]] if losses else [],
                      "keep_loss": [losses[0][1], losses[-1][1]] if losses else []})
     delta, scale_checks = _canary_scale(lm, delta, canary, canary_ref, set_weights, len(wake_groups), cfg)
@@ -179,4 +181,4 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
                   else "no fact passed the gate; the wake edits stay as they were")
     return SleepOutcome(delta=delta if keep else None, facts=per_fact, wake_scales=final, steps=steps,
                         seconds=time.perf_counter() - start, reason=reason,
-                        canary=scale_checks)
+                        canary=scale_checks, after={"wake_scale": final, **_summary(checks)})

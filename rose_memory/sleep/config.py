@@ -28,13 +28,18 @@ class SleepConfig(BaseModel):
     # student
     rank: int = 8
     layers: list[int] | None = None  # None: the middle third of the blocks (10-19 of 30)
-    modules: Literal["mlp", "out"] = "mlp"           # "mlp": every linear layer of each block's MLP; "out": its output projection only
+    # "mlp": every linear layer of each block's MLP; "out": its output projection only; "value": the
+    # attention value projection (what carries a subject's information to the positions that ask about it)
+    modules: Literal["mlp", "out", "value"] = "mlp"
     # "free": both factors trained (LoRA); "subject": each layer's input factor is fixed to the
     # directions of the subject's questions that unrelated prompts do not use (only the output
     # factor is trained), so other prompts barely move the delta's output
     # "key": each MLP output projection's input factor is fixed to the subject's keys whitened by
     # the key statistics (C^-1 k, MEMIT's matched filter), so the delta fires where the subject is named
-    inputs: Literal["free", "subject", "key"] = "free"
+    # "trace": each input factor is fixed to the directions in which the subject's wake edits change
+    # the module's input at the subject's tokens, whitened by the unrelated prompts' inputs (a marker
+    # only the written subject carries); needs student_wake > 0, and the wake edit stays with the delta
+    inputs: Literal["free", "subject", "key", "trace"] = "free"
     key_others: float = Field(1.0, ge=0.0)  # "key": weight of the other people's name tokens in the statistics the key is whitened by
     null_energy: float = 0.99        # "subject": share of the unrelated inputs' energy whose directions are avoided
     null_names: int = 64             # "subject": other people whose questions estimate those directions (with the unrelated prompts)

@@ -18,14 +18,21 @@ from .teacher import Example
 
 def _layers(model: torch.nn.Module, cfg: SleepConfig) -> list[int]:
     n = num_layers(model)
-    return cfg.layers if cfg.layers is not None else list(range(n // 3, 2 * n // 3))
+    if cfg.layers is not None:
+        return cfg.layers
+    if cfg.modules == "value":  # from after the wake edit's layers (RoSE: the first third) to the late blocks
+        return list(range(int(0.3 * n), int(0.85 * n) + 1))
+    return list(range(n // 3, 2 * n // 3))
 
 
 def target_modules(model: torch.nn.Module, cfg: SleepConfig) -> list[str]:
     """Module paths that get factors: per chosen block, its MLP's linear layers (or only the output
-    projection: with `modules="out"`, and with `inputs="key"`, whose key statistics are of that input)."""
+    projection: with `modules="out"`, and with `inputs="key"`, whose key statistics are of that input;
+    or its attention value projection, `modules="value"`)."""
     spec = spec_for(model)
     layers = _layers(model, cfg)
+    if cfg.modules == "value":
+        return [spec.value_module(i) for i in layers]
     out = []
     for i in layers:
         mlp_out = spec.mlp_out_module(i)
@@ -183,21 +190,60 @@ def key_directions(lm: LoadedModel, layers: list[int], paths: list[str], facts: 
         if p in names and len(names[p]):  # other people's names too: a direction that fires on any name is no key
             m = names[p].double().T @ names[p].double() / len(names[p])
             c = c + cfg.key_others * m * (c.diagonal().sum() / m.diagonal().sum())
-        c = c + 1e-3 * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
-        chol = torch.linalg.cholesky(c)
-        kw = torch.linalg.solve_triangular(chol, k.double().T, upper=False)                # L^-1 k: [d_in, n]
-        u, s, _ = torch.linalg.svd(kw, full_matrices=False)                                # whitened key directions
-        r = min(cfg.rank, int((s > 1e-6 * s[0]).sum()))
-        a = torch.linalg.solve_triangular(chol.T, u[:, :r], upper=True).T                  # [r, d_in]: C^-1 k directions
-        rms = (k.double() @ a.T).pow(2).mean(0).sqrt()                                     # response over the subject's tokens
-        out[p] = (a / rms[:, None]).float().to(lm.device)
+        out[p] = _matched_filters(k, c, cfg.rank).float().to(lm.device)
+    return out
+
+
+def _matched_filters(k: torch.Tensor, c: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top `rank` generalised eigenvectors a of (k^T k, c) [r, d_in], i.e. C^-1 k directions,
+    each scaled so that its response over the rows of k has unit RMS: inputs distributed as c then
+    answer with about 1/sqrt(eigenvalue) of that."""
+    c = c.double()
+    c = c + 1e-3 * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
+    chol = torch.linalg.cholesky(c)
+    kw = torch.linalg.solve_triangular(chol, k.double().T, upper=False)                    # L^-1 k: [d_in, n]
+    u, s, _ = torch.linalg.svd(kw, full_matrices=False)                                    # whitened key directions
+    r = min(rank, int((s > 1e-6 * s[0]).sum()))
+    a = torch.linalg.solve_triangular(chol.T, u[:, :r], upper=True).T                      # [r, d_in]
+    rms = (k.double() @ a.T).pow(2).mean(0).sqrt()                                         # response over k's rows
+    return a / rms[:, None]
+
+
+def trace_directions(lm: LoadedModel, paths: list[str], facts: list[Example], unrelated: list[Example], subject: str,
+                     cfg: SleepConfig, pad: int, set_wake: Callable[[float], None]) -> dict[str, torch.Tensor]:
+    """Per module, `rank` input directions [r, d_in] keyed to what the wake edit wrote: the change
+    of the module's input at the subject's tokens when the wake edits go from 0 to `student_wake`,
+    whitened by the inputs of the unrelated prompts (`_matched_filters`). The wake edit fires only
+    where its subject is named, so this change is a marker other prompts barely carry (on the
+    embedded model the top direction answers other prompts with 1/40 of its response at the
+    subject); a value projection keyed to it carries the written fact to every position that
+    attends to the subject, the path a question takes. Modules where the wake edit changes
+    nothing (blocks before its layers) get no direction."""
+    on = _name_inputs(lm, paths, facts, [subject], pad)
+    if not len(on[paths[0]]):
+        raise RoseMemoryError(f"no training prompt of the sleep spells the subject {subject!r}")
+    set_wake(0.0)
+    try:
+        off = _name_inputs(lm, paths, facts, [subject], pad)
+    finally:
+        set_wake(cfg.student_wake)
+    other = _inputs(lm.model, paths, list(unrelated), False, pad, lm.device)
+    out = {}
+    for p in paths:
+        trace = on[p] - off[p]
+        if trace.norm() <= 1e-6 * on[p].norm():
+            continue
+        x = other[p].double()
+        out[p] = _matched_filters(trace, x.T @ x / len(x), cfg.rank).float().to(lm.device)
     return out
 
 
 def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example], cfg: SleepConfig,
                 on_step: Callable[[int, float, float], None] | None = None, null_prompts: list[Example] = (),
-                subject: str | None = None, other_names: list[str] = ()) -> Delta:
-    """Low-rank factors trained on the current weights (left unchanged); returned as a Delta."""
+                subject: str | None = None, other_names: list[str] = (),
+                set_wake: Callable[[float], None] | None = None) -> Delta:
+    """Low-rank factors trained on the current weights (left unchanged); returned as a Delta.
+    `set_wake(scale)` sets the subject's wake edits to `scale` (needed by `inputs="trace"`)."""
     model = lm.model
     paths = target_modules(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -210,6 +256,14 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
         fixed = subject_directions(model, paths, facts, list(unrelated) + list(null_prompts), cfg, pad, lm.device)
     elif cfg.inputs == "key":
         fixed = key_directions(lm, _layers(model, cfg), paths, facts, subject or "", cfg, pad, unrelated, other_names)
+    elif cfg.inputs == "trace":
+        if set_wake is None or cfg.student_wake <= 0:
+            raise RoseMemoryError("inputs='trace' keys the delta to the wake edit: it needs the wake edits "
+                                  "(student_wake > 0) and a way to set them")
+        fixed = trace_directions(lm, paths, facts, unrelated, subject or "", cfg, pad, set_wake)
+        paths = [p for p in paths if p in fixed]
+        if not paths:
+            raise RoseMemoryError("the wake edits change no input of the sleep's layers; choose later layers")
     for path in paths:
         w = get_module(model, path).weight
         d_out, d_in = (w.shape[1], w.shape[0]) if conv1d else w.shape
