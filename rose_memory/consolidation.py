@@ -85,7 +85,7 @@ def sleep_subject(mem: "ParametricMemory", namespace: str, subject: str, rows: l
     try:
         out = consolidate_subject(mem.lm, reqs, groups, set_weights, cfg, progress=mem.progress,
                                   on_step=lambda kind, data: (mem.ledger.note(eid, {kind: data}), faults.point(f"sleep:{kind}")))
-        after = out.steps[-1]
+        after = out.after  # the final wake scales' gate (steps[-1] is the last scale tried, not always the one kept)
         first = [f["before"] for f in out.facts]
         recall_before = {"edit": sum(f["edit"] for f in first) / len(first),
                          "held_out": sum(f["held_out"] for f in first) / len(first)}

@@ -349,8 +349,9 @@ class ParametricMemory:
         """Revert an applied edit of `namespace` exactly (or every live edit about `subject` there); returns the ids forgotten.
 
         Facts consolidated by a sleep are in the subject's sleep delta: forgetting a consolidated
-        edit forgets that sleep delta too, and the subject's other facts it carried are written
-        again as a new wake edit (origin "rewrite"; a later sleep consolidates them again).
+        edit, or a wake edit kept beside a sleep delta trained on top of it, forgets that sleep
+        delta too, and the facts only it carried are written again as a new wake edit (origin
+        "rewrite"; a later sleep consolidates them again).
         """
         if (edit_id is None) == (subject is None):
             raise RoseMemoryError("give either an edit id or subject=..., not both")
@@ -371,9 +372,9 @@ class ParametricMemory:
                 while carrier["status"] == "consolidated":  # an earlier sleep delta is carried by the newest one
                     carrier = self.ledger.get(carrier["consolidated_into"])
                 carrier = None if carrier is row else carrier
+                if carrier is None and row["status"] == "applied" and row["origin"] != "sleep":
+                    carrier = self._sleep_over(row)
                 if carrier is not None and carrier["status"] == "applied":
-                    gone = {f["prompt"] for f in row["facts"]}
-                    rewrite = [f for f in carrier["facts"] if f["prompt"] not in gone]
                     ids = [carrier["id"], edit_id]
                 elif row["status"] != "applied":
                     raise RoseMemoryError(f"edit {edit_id} is {row['status']}; only applied edits can be forgotten")
@@ -388,6 +389,14 @@ class ParametricMemory:
             merged = self.ledger.rows(status="consolidated", namespace=namespace)
             while more := [r["id"] for r in merged if r["consolidated_into"] in ids and r["id"] not in ids]:
                 ids += more
+            if edit_id is not None and len(ids) > 1:
+                # facts that only the forgotten sleep delta carried (their wake edits were removed) are
+                # written again; facts on wake edits that stay applied are not written twice
+                gone = {f["prompt"] for f in row["facts"]}
+                held = {f["prompt"] for r in self.ledger.rows(status="applied", subject=row["subject"], namespace=namespace)
+                        if r["id"] not in ids for f in r["facts"]}
+                carried = {f["prompt"]: f for r in merged if r["id"] in ids for f in r["facts"]}  # later rows win
+                rewrite = [f for p, f in carried.items() if p not in gone | held]
             keep = {i: d for i, d in self.live.items() if i not in ids}
             self._compose(keep)
             faults.point("forget:composed")
@@ -401,6 +410,15 @@ class ParametricMemory:
             if rewrite:
                 self._replace(row["subject"], row["namespace"], stored_requests(row["subject"], rewrite), [], origin="rewrite")
             return ids
+
+    def _sleep_over(self, row: dict) -> dict | None:
+        """The applied sleep delta of `row`'s subject that was trained with `row` (a wake edit kept
+        beside it) applied: the student learned to read that edit, so it goes when the edit goes."""
+        prompts = {f["prompt"] for f in row["facts"]}
+        for r in self.ledger.rows(status="applied", subject=row["subject"], namespace=row["namespace"]):
+            if r["origin"] == "sleep" and r["id"] > row["id"] and prompts & {f["prompt"] for f in r["facts"]}:
+                return r
+        return None
 
     # -- consolidation (rose_memory/consolidation.py runs the sleep stage) ------------------------
 
