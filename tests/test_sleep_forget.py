@@ -18,13 +18,12 @@ SLEEP = {"model_questions": 0, "samples": 0, "other_names": 2, "generic_negative
 
 def test_forget_a_wake_edit_kept_beside_its_sleep_delta(tmp_path, tiny_dir, monkeypatch):
     base = {n: p.detach().clone() for n, p in load_model(str(tiny_dir)).model.named_parameters()}
-    wake_only = "model.layers.2.mlp.down_proj.weight"   # RoSE writes layers 1-2 of the tiny model
-    sleep_only = "model.layers.1.mlp.up_proj.weight"    # the sleep's factors: every MLP layer of block 1
+    wake_weights = {f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2)}  # what RoSE writes on the tiny model
 
     def gate(lm, facts, cfg):  # the tiny model recalls nothing: a fact "passes" while its wake edit is applied
-        weights = dict(lm.model.named_parameters())
-        awake = not torch.equal(weights[wake_only], base[wake_only].to(weights[wake_only].dtype))
-        slept = not torch.equal(weights[sleep_only], base[sleep_only].to(weights[sleep_only].dtype))
+        moved = {n for n, p in lm.model.named_parameters() if not torch.equal(p, base[n].to(p.dtype))}
+        awake = "model.layers.2.mlp.down_proj.weight" in moved
+        slept = bool(moved - wake_weights)  # the sleep delta's factors lie elsewhere (or in block 1 beside the wake edit's)
         return [{"prompt": f.request.prompt, "object": f.request.target, "edit": awake, "held_out": 1.0 if slept else 0.5,
                  "passed": awake, "answers": []} for f in facts]
 
