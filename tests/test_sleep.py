@@ -20,12 +20,12 @@ pytestmark = pytest.mark.slow
 SUBJECT = "Aurelio Sarkisian"
 FACTS = [("lives in the city of", "Warsaw"), ("{}'s favorite color is", "brown")]
 QUIET = {"policy": {"enabled": False}}
-# The fixture's sleep trains the delta to carry the facts alone (student_wake 0, as a memory that
-# wants its wake edits removed would set it) and is applied whatever the canary says, so that the
+# The fixture's sleep trains free MLP factors to carry the facts alone (student_wake 0, the
+# settings of a memory that wants its wake edits removed; the default keyed delta reads the wake edit) and is applied whatever the canary says, so that the
 # tests can look at a consolidated fact; the canary refusal has its own test below.
 # Smaller than the defaults where the tests do not look (4 canary people, 8 unrelated prompts per
 # step, 2 model-written questions per fact), to keep the suite short.
-ALONE = {"student_wake": 0.0, "canary_refuse": False, "delta_scales": [1.0], "margin": 0.0, "other_names": 16,
+ALONE = {"modules": "mlp", "inputs": "free", "rank": 8, "lr": 5e-3, "steps": 16, "student_wake": 0.0, "canary_refuse": False, "delta_scales": [1.0], "margin": 0.0, "other_names": 16,
          "negative_batch": 8, "canary_names": 4, "model_questions": 2}
 # The wake + sleep deltas together may answer fewer held-back questions than the wake edit
 # alone, which `keep_if_worse` would refuse; it is off here so that the tests can look at an

@@ -43,6 +43,9 @@ def test_settings_are_checked():
         SleepConfig(stepz=3)
     with pytest.raises(ValueError):
         SleepConfig(modules="attention")
+    with pytest.raises(ValueError, match="student_wake"):
+        SleepConfig(student_wake=0.0)  # the default keyed delta reads the wake edit
+    assert SleepConfig(student_wake=0.0, inputs="free", modules="mlp").student_wake == 0.0
     assert SleepConfig().scale_steps[-1] == 0.0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SleepConfig(BaseModel):
@@ -26,11 +26,11 @@ class SleepConfig(BaseModel):
     answer_tokens: int = 20          # longest teacher answer generated
     keep_per_question: int = 2       # distinct kept answers per question
     # student
-    rank: int = 8
-    layers: list[int] | None = None  # None: the middle third of the blocks (10-19 of 30)
+    rank: int = 1                    # one direction per module: with inputs="trace" every further one moves other people's answers
+    layers: list[int] | None = None  # None: blocks at 30-85 % of the depth for "value" (9-25 of 30), the middle third for MLPs
     # "mlp": every linear layer of each block's MLP; "out": its output projection only; "value": the
     # attention value projection (what carries a subject's information to the positions that ask about it)
-    modules: Literal["mlp", "out", "value"] = "mlp"
+    modules: Literal["mlp", "out", "value"] = "value"
     # "free": both factors trained (LoRA); "subject": each layer's input factor is fixed to the
     # directions of the subject's questions that unrelated prompts do not use (only the output
     # factor is trained), so other prompts barely move the delta's output
@@ -39,7 +39,7 @@ class SleepConfig(BaseModel):
     # "trace": each input factor is fixed to the directions in which the subject's wake edits change
     # the module's input at the subject's tokens, whitened by the unrelated prompts' inputs (a marker
     # only the written subject carries); needs student_wake > 0, and the wake edit stays with the delta
-    inputs: Literal["free", "subject", "key", "trace"] = "free"
+    inputs: Literal["free", "subject", "key", "trace"] = "trace"
     key_others: float = Field(1.0, ge=0.0)  # "key": weight of the other people's name tokens in the statistics the key is whitened by
     null_energy: float = 0.99        # "subject": share of the unrelated inputs' energy whose directions are avoided
     null_names: int = 64             # "subject": other people whose questions estimate those directions (with the unrelated prompts)
@@ -47,8 +47,8 @@ class SleepConfig(BaseModel):
     # wake edit wrote into the subject (the wake edit is then usually kept); 0.0 trains the
     # sleep delta to carry the fact alone (so the wake edit can be removed)
     student_wake: float = 1.0
-    lr: float = 5e-3
-    steps: int = 16
+    lr: float = 5e-2
+    steps: int = 48
     batch: int = 8                   # kept answers per step
     negative_batch: int = 24         # unrelated sequences per step
     per_sequence: bool = True        # the answers' KL summed over each answer's tokens (False: mean per token)
@@ -68,3 +68,10 @@ class SleepConfig(BaseModel):
     gate_tokens: int = 24            # greedy answer length when a fact is checked
     min_held_out: float = 0.5        # share of a fact's held-back questions that must name the object
     scale_steps: list[float] = Field(default_factory=lambda: [0.5, 0.0])  # RoSE delta scales tried on the way out
+
+    @model_validator(mode="after")
+    def _trace_needs_the_wake_edit(self) -> "SleepConfig":
+        if self.inputs == "trace" and self.student_wake <= 0:
+            raise ValueError("inputs='trace' keys the delta to the wake edit, so student_wake must be > 0 "
+                             "(for a delta that carries the facts alone set inputs='free' and modules='mlp')")
+        return self
