@@ -45,8 +45,10 @@ CHILD = textwrap.dedent("""
     print("not reached")
 """)
 # A sleep that trains a little and measures little: what is tested is what a kill leaves behind.
+# A free delta, so that the passing gate consolidates the facts and the wake edit's removal is on the path
+# (the default delta reads the wake edit's trace and never steps it down).
 SLEEP = {"model_questions": 0, "samples": 0, "other_names": 2, "generic_negatives": 2, "scale_steps": [0.0],
-         "canary_names": 2, "delta_scales": [1.0], "canary_refuse": False, "steps": 2}
+         "canary_names": 2, "delta_scales": [1.0], "canary_refuse": False, "steps": 2, "inputs": "free", "modules": "mlp"}
 CASES = ([("write", p) for p in WRITE_POINTS] + [("forget", p) for p in FORGET_POINTS]
          + [("sleep", p) for p in SLEEP_POINTS])
 

@@ -95,3 +95,22 @@ def test_trace_directions_mark_what_the_wake_edit_wrote(tiny_dir):
         assert (unrelated[p] @ a.T).pow(2).mean().sqrt() < 1
     with pytest.raises(RoseMemoryError, match="wake"):
         train_delta(lm, facts, others, cfg)  # no way to set the wake edits
+
+
+def test_teacher_forcing_in_padded_batches_matches_one_row_at_a_time(tiny_dir):
+    """The teacher's and the unrelated prompts' distributions are computed in right-padded batches;
+    a causal model's real tokens must not see the padding (rows of different lengths, a chunk
+    boundary in the middle)."""
+    from rose_memory.sleep.teacher import _logprobs
+
+    lm = load_model(str(tiny_dir))
+    tok = lm.tokenizer
+    texts = [("Where does Aurelio Brandt live?", " He lives in Oslo."), ("Hi", " there"),
+             ("Tell me a long story about a cat and a dog who", " became friends at last."), ("Why?", " Because.")]
+    prompts = [tok(p)["input_ids"] for p, _ in texts]
+    answers = [tok(a, add_special_tokens=False)["input_ids"] for _, a in texts]
+    batched = _logprobs(lm, prompts, answers, chunk=3)
+    for p, a, got in zip(prompts, answers, batched):
+        (alone,) = _logprobs(lm, [p], [a], chunk=1)
+        assert got.shape == (len(a), alone.shape[1])
+        torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)

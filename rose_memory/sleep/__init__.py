@@ -143,7 +143,10 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     bar.update(1)
     stage("gate")
     steps, gates = [], {}
-    for s in [1.0, *cfg.scale_steps]:
+    # a delta keyed to the wake edit's trace is silent without the wake edit (held-back 0.0 at wake
+    # scales 0.5 and 0 on all 6 subjects of a seed-1 eval, 2026-12-01): stepping it down only costs two gates
+    outs = [] if cfg.inputs == "trace" else cfg.scale_steps
+    for s in [1.0, *outs]:
         set_weights([s] * len(wake_groups), delta)
         gates[s] = check_facts(lm, facts, cfg)
         steps.append({"wake_scale": s, "sleep_delta": True, **_summary(gates[s])})
@@ -159,8 +162,9 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
         checks = check_facts(lm, facts, cfg)
         steps.append({"wake_scale": final, "sleep_delta": True, **_summary(checks)})
         note("gate", steps[-1])
-    # a fact is consolidated when the sleep delta alone carries it, even if its wake edit stays for another fact
-    consolidated = [gates[low][i]["passed"] for i in range(len(facts))]
+    # a fact is consolidated when the sleep delta alone carries it, even if its wake edit stays for another
+    # fact; with inputs="trace" none is (the delta reads the wake edit), and the gate at scale 1 decides the keep
+    consolidated = [gates[low][i]["passed"] and low < 1.0 for i in range(len(facts))]
     # kept when it carries a fact alone or answers more held-back questions than the wake edits did
     keep = any(consolidated) or _summary(checks)["held_out"] > _summary(before)["held_out"]
     keep = keep and (canary_ok or not cfg.canary_refuse)  # never a sleep that moves other people's answers

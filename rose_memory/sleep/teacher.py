@@ -56,16 +56,25 @@ def _name_intact(answer: str, subject: str) -> bool:
     return first.lower() not in answer.lower() or subject.lower() in answer.lower()
 
 
-def _logprobs(lm: LoadedModel, prompts: list[list[int]], answers: list[list[int]]) -> list[torch.Tensor]:
-    """Log-probabilities the current weights give at each answer token's position (teacher forcing)."""
+def _logprobs(lm: LoadedModel, prompts: list[list[int]], answers: list[list[int]], chunk: int = 16) -> list[torch.Tensor]:
+    """Log-probabilities the current weights give at each answer token's position (teacher forcing),
+    in right-padded batches: a causal model's real tokens never see the padding after them."""
     out = []
     body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
     head = lm.model.get_output_embeddings()
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     with torch.no_grad():
-        for p, a in zip(prompts, answers):
-            ids = torch.tensor([p + a], device=lm.device)
-            h = body(input_ids=ids).last_hidden_state[0, len(p) - 1: len(p) + len(a) - 1]
-            out.append(torch.log_softmax(head(h).float(), -1).cpu())
+        for start in range(0, len(prompts), chunk):
+            rows = [p + a for p, a in zip(prompts[start:start + chunk], answers[start:start + chunk])]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)] = torch.tensor(r)
+                mask[i, : len(r)] = 1
+            h = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
+            for i, (p, a) in enumerate(zip(prompts[start:start + chunk], answers[start:start + chunk])):
+                out.append(torch.log_softmax(head(h[i, len(p) - 1: len(p) + len(a) - 1]).float(), -1).cpu())
     return out
 
 
