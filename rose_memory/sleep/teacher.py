@@ -56,6 +56,17 @@ def _name_intact(answer: str, subject: str) -> bool:
     return first.lower() not in answer.lower() or subject.lower() in answer.lower()
 
 
+def right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded batch: ids and attention mask [n, longest row]."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
 def _logprobs(lm: LoadedModel, prompts: list[list[int]], answers: list[list[int]], chunk: int = 16) -> list[torch.Tensor]:
     """Log-probabilities the current weights give at each answer token's position (teacher forcing),
     in right-padded batches: a causal model's real tokens never see the padding after them."""
@@ -65,13 +76,7 @@ def _logprobs(lm: LoadedModel, prompts: list[list[int]], answers: list[list[int]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     with torch.no_grad():
         for start in range(0, len(prompts), chunk):
-            rows = [p + a for p, a in zip(prompts[start:start + chunk], answers[start:start + chunk])]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, : len(r)] = torch.tensor(r)
-                mask[i, : len(r)] = 1
+            ids, mask = right_padded([p + a for p, a in zip(prompts[start:start + chunk], answers[start:start + chunk])], pad)
             h = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
             for i, (p, a) in enumerate(zip(prompts[start:start + chunk], answers[start:start + chunk])):
                 out.append(torch.log_softmax(head(h[i, len(p) - 1: len(p) + len(a) - 1]).float(), -1).cpu())

@@ -13,7 +13,7 @@ from ..errors import RoseMemoryError
 from ..editing.delta import Delta
 from ..model import LoadedModel
 from .config import SleepConfig
-from .teacher import Example
+from .teacher import Example, right_padded
 
 
 def _layers(model: torch.nn.Module, cfg: SleepConfig) -> list[int]:
@@ -60,13 +60,7 @@ class _Factors(torch.nn.Module):
 
 
 def _batch(examples: list[Example], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-    rows = [e.prompt + e.answer for e in examples]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
+    ids, mask = right_padded([e.prompt + e.answer for e in examples], pad)
     spans = [(len(e.prompt) - 1, len(e.answer)) for e in examples]  # positions that predict the answer
     return ids.to(device), mask.to(device), spans
 
