@@ -13,6 +13,7 @@ from ..errors import RoseMemoryError
 from ..editing.delta import Delta
 from ..model import LoadedModel
 from .config import SleepConfig
+from .prefix import Hidden, block_of, cached_forward
 from .teacher import Example, right_padded
 
 
@@ -59,13 +60,12 @@ class _Factors(torch.nn.Module):
         return (x @ self.a.T) @ self.b.T
 
 
-def _batch(examples: list[Example], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+def _batch(examples: list[Example], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask = right_padded([e.prompt + e.answer for e in examples], pad)
-    spans = [(len(e.prompt) - 1, len(e.answer)) for e in examples]  # positions that predict the answer
-    return ids.to(device), mask.to(device), spans
+    return ids.to(device), mask.to(device)
 
 
-def _kl(body, head, examples: list[Example], pad: int, device, per_sequence: bool = False,
+def _kl(hidden: Hidden, head, examples: list[Example], device, per_sequence: bool = False,
         margin: float = 0.0) -> torch.Tensor:
     """KL(target || student) at every answer token: the mean over tokens, or (per_sequence) the
     sum over each answer's tokens averaged over answers, so that the one token that names the
@@ -73,8 +73,8 @@ def _kl(body, head, examples: list[Example], pad: int, device, per_sequence: boo
     that keeps each answer token ahead of every other token by that many nats: locality is
     judged on greedy tokens, and a KL that is small on average still flips the tokens that
     were only narrowly ahead."""
-    ids, mask, spans = _batch(examples, pad, device)
-    h = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    spans = [(len(e.prompt) - 1, len(e.answer)) for e in examples]  # positions that predict the answer
+    h = hidden(examples)
     sel = torch.cat([h[i, s: s + n] for i, (s, n) in enumerate(spans)])            # [tokens, d]
     student = torch.log_softmax(head(sel).float(), -1)
     teacher = torch.cat([e.target_logprobs for e in examples]).to(device)          # [tokens, vocab]
@@ -103,7 +103,7 @@ def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool,
         with torch.no_grad():
             for start in range(0, len(examples), 16):
                 chunk = examples[start:start + 16]
-                ids, mask, _ = _batch(chunk, pad, device)
+                ids, mask = _batch(chunk, pad, device)
                 keep = mask.bool()
                 if prompt_only:
                     for i, e in enumerate(chunk):
@@ -266,19 +266,20 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
         hooks.append(get_module(model, path).register_forward_hook(lambda m, i, o, f=f: o + f(i[0]).to(o.dtype)))
     params = [p for f in factors.values() for p in f.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    body = model.base_model if hasattr(model, "base_model") else model
     head = model.get_output_embeddings()
     was_training = model.training
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)  # gradients for the factors only, not for every weight
     model.eval()
     try:
+        # the blocks below the first factor are computed once per sequence (prefix.py)
+        hidden, _ = cached_forward(lm, min(block_of(model, p) for p in paths), list(facts) + list(unrelated), facts[:4])
         for step in range(cfg.steps):
             pos = rng.sample(facts, min(cfg.batch, len(facts)))
             neg = rng.sample(unrelated, min(cfg.negative_batch, len(unrelated))) if unrelated and cfg.kl_weight > 0 else []
             opt.zero_grad()
-            fact_loss = _kl(body, head, pos, pad, lm.device, per_sequence=cfg.per_sequence)
-            keep_loss = _kl(body, head, neg, pad, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
+            fact_loss = _kl(hidden, head, pos, lm.device, per_sequence=cfg.per_sequence)
+            keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
             (fact_loss + cfg.kl_weight * keep_loss).backward()
             opt.step()
             if on_step is not None:

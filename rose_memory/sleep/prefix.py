@@ -1,0 +1,96 @@
+"""The student's forward from a cached block input.
+
+No factor sits below the first trained block, so what the blocks below it compute for a
+training sequence never changes during a sleep: it is computed once per sequence, and each
+step runs only the blocks from there up (on the embedded model with the default layers, 21 of
+30 blocks forward and backward). Models whose forward does more to `inputs_embeds` than pass
+them to the blocks (GPT-2 adds position embeddings, Gemma scales them) would get wrong
+states, so the shortcut is checked against the full forward on the first batch and dropped
+where the two differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..arch import get_module, spec_for
+from ..model import LoadedModel
+from .teacher import right_padded
+
+Hidden = Callable[[Sequence], torch.Tensor]  # examples (with .prompt, .answer) -> last hidden states [n, len, d]
+
+
+def block_of(model: torch.nn.Module, path: str) -> int:
+    """The block index in a module path such as model.layers.9.self_attn.v_proj."""
+    prefix = spec_for(model).layers + "."
+    return int(path[len(prefix):].split(".")[0])
+
+
+def _tokens(e) -> list[int]:
+    return list(e.prompt) + list(e.answer)
+
+
+def full_forward(lm: LoadedModel) -> Hidden:
+    body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+    def hidden(examples):
+        ids, mask = right_padded([_tokens(e) for e in examples], pad)
+        return body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
+
+    return hidden
+
+
+def cached_forward(lm: LoadedModel, first: int, examples: Sequence, check: Sequence, chunk: int = 16) -> tuple[Hidden, bool]:
+    """A forward that starts at block `first` from each example's cached input to it, and whether it
+    is used: `(full_forward(lm), False)` when `first` is 0 or the shortcut does not reproduce the full
+    forward on `check` (weights as they are now, before any factor moves)."""
+    full = full_forward(lm)
+    if first <= 0:
+        return full, False
+    model = lm.model
+    body = model.base_model if hasattr(model, "base_model") else model
+    parent_path, name = spec_for(model).layers.rsplit(".", 1)
+    parent = get_module(model, parent_path)
+    blocks = getattr(parent, name)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    cache: dict[int, torch.Tensor] = {}
+    grabbed: list[torch.Tensor] = []
+
+    def grab(module, args, kwargs):
+        grabbed.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+    rows = list({id(e): e for e in list(examples) + list(check)}.values())
+    hook = blocks[first].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), chunk):
+                part = rows[start:start + chunk]
+                grabbed.clear()
+                ids, mask = right_padded([_tokens(e) for e in part], pad)
+                body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+                for i, e in enumerate(part):
+                    cache[id(e)] = grabbed[0][i, : len(_tokens(e))].clone()
+    finally:
+        hook.remove()
+    upper = torch.nn.ModuleList(list(blocks)[first:])
+
+    def hidden(batch):
+        width = max(len(_tokens(e)) for e in batch)
+        states = torch.stack([torch.nn.functional.pad(cache[id(e)], (0, 0, 0, width - len(cache[id(e)]))) for e in batch])
+        _, mask = right_padded([_tokens(e) for e in batch], pad)
+        setattr(parent, name, upper)  # the blocks below `first` are skipped for this call only
+        try:
+            return body(inputs_embeds=states, attention_mask=mask.to(lm.device)).last_hidden_state
+        finally:
+            setattr(parent, name, blocks)
+
+    with torch.no_grad():
+        want, got = full(check), hidden(check)
+        _, mask = right_padded([_tokens(e) for e in check], pad)
+        real = mask.bool().to(want.device)
+        ok = want.shape == got.shape and torch.allclose(got[real], want[real], rtol=1e-3,
+                                                        atol=1e-4 * float(want[real].abs().max()))
+    return (hidden, True) if ok else (full, False)
