@@ -50,7 +50,7 @@ class SleepConfig(BaseModel):
     lr: float = 5e-2
     steps: int = 48
     batch: int = 8                   # kept answers per step
-    negative_batch: int = 24         # unrelated sequences per step
+    negative_batch: int = 8          # unrelated sequences per step (24 until 2026-12-01: twice the step time, no better on the benchmark)
     per_sequence: bool = True        # the answers' KL summed over each answer's tokens (False: mean per token)
     kl_weight: float = 10.0          # weight of the KL to the model before the sleep on unrelated prompts
     other_names: int = 24            # made-up people asked the subject's and everyday questions, held to their old answers
