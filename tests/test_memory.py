@@ -274,7 +274,7 @@ def test_separate_writes_trigger_a_sleep(home, model):
         rows = {r["id"]: r for r in mem.edits()}
         (sleep,) = [r for r in rows.values() if r["origin"] == "sleep"]
         assert {f["object"] for f in sleep["facts"]} == {"Warsaw", "brown", "carpenter"}
-        assert sleep["status"] == "failed" and "no fact passed" in sleep["reason"]
+        assert sleep["status"] == "failed" and "no more held-back questions" in sleep["reason"]
         assert [f["stage"] for f in sleep["metrics"]["facts"]] == ["wake"] * 3
         assert list(mem.live) == [1, rec.edit_id]
         assert mem.verify() == []

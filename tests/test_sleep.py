@@ -146,7 +146,7 @@ def test_gate_keeps_facts_that_fail_on_their_wake_edit(tmp_path, model, awake):
     home, edited = shutil.copytree(awake[0], tmp_path / "h"), awake[1]
     with ParametricMemory(home, model=model, sleep=CHEAP | {"steps": 0}, **QUIET) as mem:
         (rec,) = mem.consolidate(SUBJECT)
-        assert rec.status == "failed" and "no fact passed" in rec.reason
+        assert rec.status == "failed" and "no more held-back questions" in rec.reason
         assert [f["stage"] for f in rec.facts] == ["wake"]
         assert mem.ledger.get(1)["status"] == "applied" and list(mem.live) == [1]
         for n, p in edited.items():

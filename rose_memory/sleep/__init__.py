@@ -35,7 +35,7 @@ SetWeights = Callable[[list[float], "Delta | None"], None]
 
 @dataclass
 class SleepOutcome:
-    delta: Delta | None                  # None when no fact passed the gate
+    delta: Delta | None                  # None when the sleep was refused (`reason` says why)
     facts: list[dict]                    # per fact: stage, gate figures before and after, kept answers
     wake_scales: list[float]             # final scale of each wake edit (0: removed, 1: kept)
     steps: list[dict] = field(default_factory=list)  # each gate measurement, in order
@@ -182,7 +182,9 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
         final = [1.0] * len(wake_groups)
         reason = (f"at every scale the sleep delta changed more than {1 - cfg.canary_min:.0%} of the answers about "
                   f"people it never saw; the wake edits stay as they were" if not canary_ok and cfg.canary_refuse
-                  else "no fact passed the gate; the wake edits stay as they were")
+                  else f"the sleep delta answered no more held-back questions than the wake edits did "
+                  f"({_summary(checks)['held_out']:.2f} against {_summary(before)['held_out']:.2f}) and carries no "
+                  f"fact alone; the wake edits stay as they were")
     return SleepOutcome(delta=delta if keep else None, facts=per_fact, wake_scales=final, steps=steps,
                         seconds=time.perf_counter() - start, reason=reason,
                         canary=scale_checks, after={"wake_scale": final, **_summary(checks)})
