@@ -32,9 +32,17 @@ def _tokens(e) -> list[int]:
     return list(e.prompt) + list(e.answer)
 
 
-def full_forward(lm: LoadedModel) -> Hidden:
+def _body_and_pad(lm: LoadedModel) -> tuple[torch.nn.Module, int]:
     body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    return body, lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+
+class _Stop(Exception):
+    """Raised once block `first`'s input is taken: the blocks above it need not run."""
+
+
+def full_forward(lm: LoadedModel) -> Hidden:
+    body, pad = _body_and_pad(lm)
 
     def hidden(examples):
         ids, mask = right_padded([_tokens(e) for e in examples], pad)
@@ -50,17 +58,16 @@ def cached_forward(lm: LoadedModel, first: int, examples: Sequence, check: Seque
     full = full_forward(lm)
     if first <= 0:
         return full, False
-    model = lm.model
-    body = model.base_model if hasattr(model, "base_model") else model
-    parent_path, name = spec_for(model).layers.rsplit(".", 1)
-    parent = get_module(model, parent_path)
+    body, pad = _body_and_pad(lm)
+    parent_path, name = spec_for(lm.model).layers.rsplit(".", 1)
+    parent = get_module(lm.model, parent_path)
     blocks = getattr(parent, name)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     cache: dict[int, torch.Tensor] = {}
     grabbed: list[torch.Tensor] = []
 
     def grab(module, args, kwargs):
         grabbed.append((args[0] if args else kwargs["hidden_states"]).detach())
+        raise _Stop
 
     rows = list({id(e): e for e in list(examples) + list(check)}.values())
     hook = blocks[first].register_forward_pre_hook(grab, with_kwargs=True)
@@ -70,7 +77,10 @@ def cached_forward(lm: LoadedModel, first: int, examples: Sequence, check: Seque
                 part = rows[start:start + chunk]
                 grabbed.clear()
                 ids, mask = right_padded([_tokens(e) for e in part], pad)
-                body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+                try:
+                    body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+                except _Stop:
+                    pass
                 for i, e in enumerate(part):
                     cache[id(e)] = grabbed[0][i, : len(_tokens(e))].clone()
     finally:
@@ -78,9 +88,10 @@ def cached_forward(lm: LoadedModel, first: int, examples: Sequence, check: Seque
     upper = torch.nn.ModuleList(list(blocks)[first:])
 
     def hidden(batch):
-        width = max(len(_tokens(e)) for e in batch)
-        states = torch.stack([torch.nn.functional.pad(cache[id(e)], (0, 0, 0, width - len(cache[id(e)]))) for e in batch])
-        _, mask = right_padded([_tokens(e) for e in batch], pad)
+        lengths = [len(cache[id(e)]) for e in batch]
+        width = max(lengths)
+        states = torch.stack([torch.nn.functional.pad(cache[id(e)], (0, 0, 0, width - n)) for e, n in zip(batch, lengths)])
+        mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
         setattr(parent, name, upper)  # the blocks below `first` are skipped for this call only
         try:
             return body(inputs_embeds=states, attention_mask=mask.to(lm.device)).last_hidden_state

@@ -273,7 +273,8 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
     model.eval()
     try:
         # the blocks below the first factor are computed once per sequence (prefix.py)
-        hidden, _ = cached_forward(lm, min(block_of(model, p) for p in paths), list(facts) + list(unrelated), facts[:4])
+        used = list(facts) + (list(unrelated) if cfg.kl_weight > 0 else [])  # no KL: the unrelated rows are never run
+        hidden, _ = cached_forward(lm, min(block_of(model, p) for p in paths), used, facts[:4])
         for step in range(cfg.steps):
             pos = rng.sample(facts, min(cfg.batch, len(facts)))
             neg = rng.sample(unrelated, min(cfg.negative_batch, len(unrelated))) if unrelated and cfg.kl_weight > 0 else []
