@@ -17,7 +17,7 @@ import torch
 
 from ..arch import get_module, spec_for
 from ..model import LoadedModel
-from .teacher import right_padded
+from .teacher import body_and_pad, right_padded
 
 Hidden = Callable[[Sequence], torch.Tensor]  # examples (with .prompt, .answer) -> last hidden states [n, len, d]
 
@@ -32,17 +32,12 @@ def _tokens(e) -> list[int]:
     return list(e.prompt) + list(e.answer)
 
 
-def _body_and_pad(lm: LoadedModel) -> tuple[torch.nn.Module, int]:
-    body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
-    return body, lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-
-
 class _Stop(Exception):
     """Raised once block `first`'s input is taken: the blocks above it need not run."""
 
 
 def full_forward(lm: LoadedModel) -> Hidden:
-    body, pad = _body_and_pad(lm)
+    body, pad = body_and_pad(lm)
 
     def hidden(examples):
         ids, mask = right_padded([_tokens(e) for e in examples], pad)
@@ -58,7 +53,7 @@ def cached_forward(lm: LoadedModel, first: int, examples: Sequence, check: Seque
     full = full_forward(lm)
     if first <= 0:
         return full, False
-    body, pad = _body_and_pad(lm)
+    body, pad = body_and_pad(lm)
     parent_path, name = spec_for(lm.model).layers.rsplit(".", 1)
     parent = get_module(lm.model, parent_path)
     blocks = getattr(parent, name)

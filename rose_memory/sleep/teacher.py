@@ -67,13 +67,18 @@ def right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def body_and_pad(lm: LoadedModel) -> tuple[torch.nn.Module, int]:
+    """The model without its output head (hidden states out), and the id that pads a batch."""
+    body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
+    return body, lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+
 def _logprobs(lm: LoadedModel, prompts: list[list[int]], answers: list[list[int]], chunk: int = 16) -> list[torch.Tensor]:
     """Log-probabilities the current weights give at each answer token's position (teacher forcing),
     in right-padded batches: a causal model's real tokens never see the padding after them."""
     out = []
-    body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
+    body, pad = body_and_pad(lm)
     head = lm.model.get_output_embeddings()
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     with torch.no_grad():
         for start in range(0, len(prompts), chunk):
             ids, mask = right_padded([p + a for p, a in zip(prompts[start:start + chunk], answers[start:start + chunk])], pad)

@@ -14,7 +14,7 @@ from ..editing.delta import Delta
 from ..model import LoadedModel
 from .config import SleepConfig
 from .prefix import Hidden, block_of, cached_forward
-from .teacher import Example, right_padded
+from .teacher import Example, body_and_pad, right_padded
 
 
 def _layers(model: torch.nn.Module, cfg: SleepConfig) -> list[int]:
@@ -244,7 +244,7 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
     rng = random.Random(cfg.seed)
     factors, hooks = {}, []
     conv1d = spec_for(model).conv1d
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    _, pad = body_and_pad(lm)
     fixed = {}
     if cfg.inputs == "subject":
         fixed = subject_directions(model, paths, facts, list(unrelated) + list(null_prompts), cfg, pad, lm.device)
