@@ -33,8 +33,8 @@ class ConsolidationPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
 
     enabled: bool = True
-    every_n_writes: int | None = 20            # applied writes since the last sleep: sleep every subject with wake edits
-    max_live_edits_per_subject: int | None = 3  # a subject with this many live wake edits sleeps
+    every_n_writes: int | None = 20            # applied writes since the last sleep: sleep every subject with new wake edits
+    max_live_edits_per_subject: int | None = 3  # a subject with this many live wake edits written since its last sleep sleeps
     recheck_every: int | None = 10             # re-verify live edits every this many writes ...
     recheck_min_recall: float = 0.5            # ... and sleep subjects whose edit-form recall fell below this
     recheck_max_subjects: int = 10             # most recent subjects re-verified per check
@@ -140,8 +140,23 @@ def groups(mem: "ParametricMemory", namespace: str | None = None) -> dict[tuple[
     return out
 
 
-def consolidate(mem: "ParametricMemory", subject: str | None = None, namespace: str | None = None) -> list[ConsolidationRecord]:
+def _new_since_last_sleep(rows: list[dict], namespace: str, subject: str) -> list[dict]:
+    """The subject's applied wake edits written after its last sleep, kept or refused. A wake edit
+    kept beside a sleep delta (the default delta reads it) or left by a refused sleep has been
+    slept on: sleeping again before anything new arrives would redo the same minutes of work."""
+    here = [r for r in rows if r["namespace"] == namespace and r["subject"] == subject]
+    last = max((r["id"] for r in here if r["origin"] == "sleep"), default=0)
+    return [r for r in here if r["origin"] != "sleep" and r["status"] == "applied" and r["id"] > last]
+
+
+def consolidate(mem: "ParametricMemory", subject: str | None = None, namespace: str | None = None,
+                new_only: bool = False) -> list[ConsolidationRecord]:
+    """Sleep each subject (or `subject`) with live wake edits; `new_only`: only those with wake
+    edits written since their last sleep (what the policy asks for)."""
     found = groups(mem, namespace)
+    if new_only:
+        rows = mem.ledger.rows()
+        found = {k: v for k, v in found.items() if _new_since_last_sleep(rows, *k)}
     if subject is not None:
         found = {k: v for k, v in found.items() if k[1] == str(subject).strip()}
         if not found:
@@ -166,11 +181,11 @@ def after_write(mem: "ParametricMemory", write: "WriteRecord") -> int | None:
         writes = [r for r in rows if r["origin"] == "write" and r["status"] != "failed"]
         live_here = [r for r in rows if r["status"] == "applied" and r["subject"] == write.subject
                      and r["namespace"] == write.namespace]
-        awake = [r for r in live_here if r["origin"] != "sleep"]
-        if pol.max_live_edits_per_subject and len(awake) >= pol.max_live_edits_per_subject:
+        new = _new_since_last_sleep(rows, write.namespace, write.subject)
+        if pol.max_live_edits_per_subject and len(new) >= pol.max_live_edits_per_subject:
             sleep_subject(mem, write.namespace, write.subject, live_here)
         elif pol.every_n_writes and sum(r["id"] > last for r in writes) >= pol.every_n_writes:
-            consolidate(mem)
+            consolidate(mem, new_only=True)
         if pol.recheck_every and len(writes) % pol.recheck_every == 0:
             recheck(mem)
     except Exception as err:  # the write itself stands; the sleep row says what failed

@@ -278,3 +278,20 @@ def test_separate_writes_trigger_a_sleep(home, model):
         assert [f["stage"] for f in sleep["metrics"]["facts"]] == ["wake"] * 3
         assert list(mem.live) == [1, rec.edit_id]
         assert mem.verify() == []
+        # slept on (refused): one more write is one new wake edit, under the 2 that start a sleep
+        mem.write("Aurelio", [("has a pet", "ferret")])
+        assert sum(r["origin"] == "sleep" for r in mem.edits()) == 1
+
+
+def test_the_interval_sleeps_only_subjects_with_new_wake_edits(home, model):
+    """`every_n_writes` sleeps the subjects written since their last sleep, not every subject
+    with a live wake edit (a wake edit stays beside the sleep delta that reads it)."""
+    policy = {"max_live_edits_per_subject": None, "every_n_writes": 1, "recheck_every": None}
+    sleep = {"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2, "generic_negatives": 2,
+             "scale_steps": [0.0], "canary_names": 2, "delta_scales": [1.0]}
+    with ParametricMemory(home, model=model, policy=policy, sleep=sleep) as mem:
+        mem.write("Liora", [("plays the", "cello")])
+        mem.write("Liora", [("works as a", "pilot")])
+        slept = [r["subject"] for r in mem.edits() if r["origin"] == "sleep"]
+    # the first write sleeps both subjects (Aurelio's edit predates any sleep); the second only Liora
+    assert sorted(slept) == ["Aurelio", "Liora", "Liora"]
