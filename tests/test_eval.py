@@ -419,7 +419,9 @@ def test_rose_then_sleep_in_batch_mode_leaves_the_weights_as_they_were(eval_lm, 
     assert sleep["subject"] == SECOND["subject"] and [f["stage"] for f in sleep["facts"]] == ["wake"]
     # the default delta reads the wake edit's trace, so the gate runs at wake scale 1 only
     assert [s["wake_scale"] for s in sleep["steps"]] == [1.0] and sleep["wake_removed"] == 0
-    assert any(n.startswith("sleep: 1 subjects") for n in result.notes)
+    # an untrained delta answers no more held-back questions than the wake edit: refused, and the note says so
+    assert not sleep["kept"] and "no more held-back questions" in sleep["reason"]
+    assert any(n.startswith("sleep: 1 sleep(s) of 1 subject(s)") and "0 sleeps kept" in n for n in result.notes)
     params = dict(eval_lm.model.named_parameters())
     assert all(torch.allclose(params[k], w, atol=1e-6) for k, w in weights.items())
     run = EvalRun(model="m", data="d", mode="batch", results=[result])

@@ -347,7 +347,7 @@ class Runner:
         if self._sleeps:
             secs = [x["seconds"] for x in self._sleeps]
             facts = [f for x in self._sleeps for f in x["facts"]]
-            tally.notes.append(f"sleep: {len(secs)} subjects, {sum(secs) / len(secs):.1f} s each (max {max(secs):.1f}); "
+            tally.notes.append(f"sleep: {len(secs)} sleep(s) of {len({x['subject'] for x in self._sleeps})} subject(s), {sum(secs) / len(secs):.1f} s each (max {max(secs):.1f}); "
                                f"{sum(f['stage'] == 'consolidated' for f in facts)} of {len(facts)} facts passed the "
                                f"gate alone; {sum(x.get('kept', True) for x in self._sleeps)} sleeps kept; "
                                f"{sum(x['wake_removed'] for x in self._sleeps)} wake edits removed")
@@ -488,7 +488,9 @@ class Runner:
                                    f"({sum(r['status'] != 'failed' for r in slept)} applied), {live} live edits at the end")
                 for r in slept:
                     m = r["metrics"] or {}
+                    # "consolidated": kept, then replaced by a later sleep of the same subject
                     self._sleeps.append({"subject": r["subject"], "seconds": m.get("seconds", 0.0), "facts": m.get("facts", []),
+                                         "kept": r["status"] in ("applied", "consolidated"), "reason": r["reason"],
                                          "steps": m.get("steps", []), "wake_removed": sum(
                                              x["consolidated_into"] == r["id"] and x["origin"] != "sleep" for x in rows)})
         finally:
