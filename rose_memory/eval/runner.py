@@ -347,9 +347,11 @@ class Runner:
         if self._sleeps:
             secs = [x["seconds"] for x in self._sleeps]
             facts = [f for x in self._sleeps for f in x["facts"]]
-            tally.notes.append(f"sleep: {len(secs)} sleep(s) of {len({x['subject'] for x in self._sleeps})} subject(s), {sum(secs) / len(secs):.1f} s each (max {max(secs):.1f}); "
+            subjects = {x["subject"] for x in self._sleeps}
+            tally.notes.append(f"sleep: {len(secs)} sleep(s) of {len(subjects)} subject(s), "
+                               f"{sum(secs) / len(secs):.1f} s each (max {max(secs):.1f}); "
                                f"{sum(f['stage'] == 'consolidated' for f in facts)} of {len(facts)} facts passed the "
-                               f"gate alone; {sum(x.get('kept', True) for x in self._sleeps)} sleeps kept; "
+                               f"gate alone; {sum(x['kept'] for x in self._sleeps)} sleeps kept; "
                                f"{sum(x['wake_removed'] for x in self._sleeps)} wake edits removed")
         result = tally.result(spw, self.ppl_before)
         result.sleeps = self._sleeps
