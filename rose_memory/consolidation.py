@@ -193,13 +193,27 @@ def after_write(mem: "ParametricMemory", write: "WriteRecord") -> int | None:
     return mem.ledger.get(write.edit_id)["consolidated_into"]
 
 
+def _refused_and_unchanged(every: list[dict], namespace: str, subject: str) -> bool:
+    """The subject's last sleep was refused (or failed) and no wake edit of it came after: the same
+    facts would meet the same canary and gate (a repeated refusal cost a whole sleep, about 3 min
+    on 2 CPU cores, in a sequential eval of 2026-12-01)."""
+    sleeps = [r for r in every if r["namespace"] == namespace and r["subject"] == subject and r["origin"] == "sleep"]
+    last = max(sleeps, key=lambda r: r["id"], default=None)
+    return last is not None and last["status"] == "failed" and not _new_since_last_sleep(every, namespace, subject)
+
+
 def recheck(mem: "ParametricMemory") -> None:
-    """Re-verify the most recent subjects; sleep those whose recall in the edit's own form fell."""
+    """Re-verify the most recent subjects; sleep those whose recall in the edit's own form fell,
+    unless their last sleep was refused and nothing of them changed since (a new write of the
+    subject, or `consolidate` called for it, tries again)."""
     pol = mem.config.policy
+    every = mem.ledger.rows()
     for (ns, subj), rows in list(groups(mem).items())[-pol.recheck_max_subjects:]:
         reqs = stored_requests(subj, list(_facts(rows).values()))
         mem._use(ns)
         recall = mem._measure(subj, reqs)
-        mem.ledger.note(rows[-1]["id"], {"recheck": {k: recall[k] for k in ("edit", "chat", "about")}})
-        if recall["edit"] < pol.recheck_min_recall:
+        skip = recall["edit"] < pol.recheck_min_recall and _refused_and_unchanged(every, ns, subj)
+        mem.ledger.note(rows[-1]["id"], {"recheck": {k: recall[k] for k in ("edit", "chat", "about")}
+                                         | ({"sleep": "skipped: its last sleep was refused and nothing changed"} if skip else {})})
+        if recall["edit"] < pol.recheck_min_recall and not skip:
             sleep_subject(mem, ns, subj, rows)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from rose_memory.cli import main as cli
+from rose_memory.consolidation import recheck
 from rose_memory.errors import RoseMemoryError
 from rose_memory.memory import ParametricMemory
 from rose_memory.model import load_cached
@@ -262,7 +263,7 @@ def test_separate_writes_trigger_a_sleep(home, model):
     """The policy sleeps a subject with this many live wake edits. With no training steps the
     sleep delta carries nothing, so the gate refuses it and both wake edits stay applied
     (tests/test_sleep.py trains for real)."""
-    policy = {"max_live_edits_per_subject": 2}
+    policy = {"max_live_edits_per_subject": 2, "recheck_every": None, "recheck_min_recall": 1.01}  # recheck() always wants a sleep
     with ParametricMemory(home, model=model, policy=policy, sleep={"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2,
                                                               "generic_negatives": 2, "scale_steps": [0.0],
                                                               "canary_names": 2, "delta_scales": [1.0]}) as mem:
@@ -278,9 +279,16 @@ def test_separate_writes_trigger_a_sleep(home, model):
         assert [f["stage"] for f in sleep["metrics"]["facts"]] == ["wake"] * 3
         assert list(mem.live) == [1, rec.edit_id]
         assert mem.verify() == []
+        # refused with nothing new since: the re-verification notes it and does not sleep it again
+        recheck(mem)
+        assert sum(r["origin"] == "sleep" for r in mem.edits()) == 1
+        notes = [e["data"]["recheck"] for e in mem.ledger.events(rec.edit_id) if "recheck" in e["data"]]
+        assert notes and notes[-1]["sleep"].startswith("skipped")
         # slept on (refused): one more write is one new wake edit, under the 2 that start a sleep
         mem.write("Aurelio", [("has a pet", "ferret")])
         assert sum(r["origin"] == "sleep" for r in mem.edits()) == 1
+        recheck(mem)  # something new: the re-verification tries again
+        assert sum(r["origin"] == "sleep" for r in mem.edits()) == 2
 
 
 def test_the_interval_sleeps_only_subjects_with_new_wake_edits(home, model):
