@@ -63,8 +63,9 @@ class ParametricMemory:
     LoadedModel. While the memory is open it owns that model's weights; `close()` returns
     them to the base model. `device` and `dtype` (as `load_model` takes them: auto is CUDA with
     bf16 weights where present, else the CPU in float32) apply when the memory loads the model
-    itself; a LoadedModel is used as it is. `limits`, `guard` and `lock_timeout` update the
-    home's stored settings, as `verify` and `policy` do. `progress=True` says on stderr what a
+    itself; a LoadedModel is used as it is. `limits`, `guard`, `lock_timeout` and `joint_subject`
+    (a write re-asserts the subject's other live facts; see `MemoryConfig`) update the home's
+    stored settings, as `verify` and `policy` do. `progress=True` says on stderr what a
     slow step is doing (loading the model, editing, verifying, a sleep, an export), with bars.
     """
 
@@ -72,7 +73,8 @@ class ParametricMemory:
                  method: str | None = None, *, edit_config: dict | None = None,
                  verify: VerifyConfig | dict | None = None, policy: ConsolidationPolicy | dict | None = None,
                  sleep: dict | None = None, limits: Limits | dict | None = None, guard: GuardConfig | dict | None = None,
-                 lock_timeout: float | None = None, progress: bool = False, device: str = "auto", dtype: str = "auto"):
+                 lock_timeout: float | None = None, joint_subject: bool | None = None, progress: bool = False,
+                 device: str = "auto", dtype: str = "auto"):
         if not isinstance(model, LoadedModel):   # a bad device or dtype fails before the home is touched
             resolve_dtype(dtype, resolve_device(device))
         self._device, self._dtype = device, dtype
@@ -95,7 +97,8 @@ class ParametricMemory:
         try:
             with self.lock, self._home_lock.holding():
                 self.config = load_config(self.home, model, method, edit_config, verify, policy, sleep,
-                                          {"limits": limits, "guard": guard, "lock_timeout": lock_timeout})
+                                          {"limits": limits, "guard": guard, "lock_timeout": lock_timeout,
+                                           "joint_subject": joint_subject})
                 self._home_lock.timeout = self.config.lock_timeout
                 key = resolve_key(self.config.ledger_key_file)
                 self.ledger = Ledger(self.home / "ledger.sqlite", key=key)
@@ -285,9 +288,10 @@ class ParametricMemory:
             check_rate(self.ledger, namespace, self.config.limits.max_writes_per_minute)
             prompts = {r.prompt for r in reqs}
             old = [r for r in live_rows if any(f["prompt"] in prompts for f in r["facts"])]
-            carried = [f for r in old for f in r["facts"] if f["prompt"] not in prompts]
-            reqs = reqs + stored_requests(subject, carried)
-            record = self._replace(subject, namespace, reqs, old)
+            carried = {f["prompt"]: f for r in old for f in r["facts"] if f["prompt"] not in prompts}  # later rows win
+            reqs = reqs + stored_requests(subject, list(carried.values()))
+            also = self._reasserted(subject, [r for r in live_rows if r not in old], reqs)
+            record = self._replace(subject, namespace, reqs, old, also=also)
             write = WriteRecord(edit_id=record["id"], status=record["status"], subject=subject, namespace=namespace,
                                 facts=_facts_of(reqs), recall=record["recall"], reason=record["reason"],
                                 superseded=[r["id"] for r in old] if record["status"] == "applied" else [])
@@ -296,12 +300,29 @@ class ParametricMemory:
                 self._use(namespace)  # a sleep of another namespace may have switched the weights
             return write
 
-    def _replace(self, subject: str, namespace: str, reqs: list[EditRequest], old: list[dict], origin: str = "write") -> dict:
+    def _reasserted(self, subject: str, staying: list[dict], reqs: list[EditRequest]) -> list[EditRequest]:
+        """The facts the subject holds on the live edits `staying` that an edit of `reqs` solves for
+        too (`joint_subject`); at most `limits.max_facts_per_write` facts in all, the newest kept."""
+        if not self.config.joint_subject:
+            return []
+        prompts = {r.prompt for r in reqs}
+        held = {f["prompt"]: f for r in staying for f in r["facts"] if f["prompt"] not in prompts}  # later rows win
+        room = max(self.config.limits.max_facts_per_write - len(reqs), 0)
+        return stored_requests(subject, list(held.values())[-room:] if room else [])
+
+    def _replace(self, subject: str, namespace: str, reqs: list[EditRequest], old: list[dict], origin: str = "write",
+                 also: list[EditRequest] = ()) -> dict:
         """One new edit of `reqs` superseding the live edits `old`: pending row, edit, verify, commit or roll back.
 
+        `also`: facts the subject holds on edits that stay live, solved for with `reqs` and
+        verified with them but not recorded as this edit's facts (`joint_subject`): every edit of a
+        subject writes to the same subject key, and an edit solved for its new fact alone moves
+        the subject's value away from the facts already there. Forgetting this edit reverts it
+        exactly, as for any edit; the re-asserted facts stay on their own edits.
         The active namespace is `namespace`. The faults.point names are where the crash tests kill
         the process (tests/test_crash.py).
         """
+        also = list(also)
         eid = self.ledger.add(subject, _facts_of(reqs), self.config.method, namespace, origin=origin)
         faults.point("write:pending")
         say = lambda text: stage(f"edit {eid}: {text}", self.progress)  # noqa: E731
@@ -315,16 +336,17 @@ class ParametricMemory:
                 say(f"write guard: {len(self.config.guard.canaries)} canary prompts before the write")
             before = self._canary_answers(tuple(others)) if guard else None
             faults.point("write:editing")
-            say(f"computing the {self.config.method} edit of {len(reqs)} fact(s) about {subject}")
-            delta = self._edit(reqs, others)
+            say(f"computing the {self.config.method} edit of {len(reqs)} fact(s) about {subject}"
+                + (f" (and the {len(also)} it already holds)" if also else ""))
+            delta = self._edit(reqs + also, others)
             faults.point("write:edited")
             fields["delta_file"], fields["delta_sha256"] = self.store.save(eid, delta)
             faults.point("write:saved")
             self._compose(others | {eid: delta})
             faults.point("write:composed")
-            say(f"verifying: {2 * len(reqs) + 1} questions to the edited model")
-            recall = self._measure(subject, reqs)
-            fields["metrics"] = {"recall": recall}
+            say(f"verifying: {2 * len(reqs + also) + 1} questions to the edited model")
+            recall = self._measure(subject, reqs + also)
+            fields["metrics"] = {"recall": recall} | ({"reasserted": _facts_of(also)} if also else {})
             reason = passes(self.config.verify, recall)
             if reason is None and guard:
                 say("write guard: the canary prompts after the write")
@@ -408,7 +430,10 @@ class ParametricMemory:
             faults.point("forget:committed")
             self.live = keep
             if rewrite:
-                self._replace(row["subject"], row["namespace"], stored_requests(row["subject"], rewrite), [], origin="rewrite")
+                again = stored_requests(row["subject"], rewrite)
+                staying = self.ledger.rows(status="applied", subject=row["subject"], namespace=namespace)
+                self._replace(row["subject"], row["namespace"], again, [], origin="rewrite",
+                              also=self._reasserted(row["subject"], staying, again))
             return ids
 
     def _sleep_over(self, row: dict) -> dict | None:

@@ -22,6 +22,7 @@ from rose_memory.consolidation import recheck
 from rose_memory.errors import RoseMemoryError
 from rose_memory.memory import ParametricMemory
 from rose_memory.model import load_cached
+from rose_memory.text import mentions
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +130,24 @@ def test_supersede_replaces_the_object_and_keeps_the_other_facts(home, model):
         assert list(mem.live) == [new["id"]]
         said = " ".join(a["edit"] for a in rec.recall["answers"])
         assert "Krakow" in said and "Warsaw" not in said
+        assert mem.verify() == []
+
+
+def test_a_write_of_a_new_relation_reasserts_the_subjects_facts_and_forgets_exactly(home, model, written, base):
+    """Every edit of a subject writes to its key: the new edit solves for the facts the subject
+    already holds too (`joint_subject`), so they survive it, and they stay on their own edit."""
+    with ParametricMemory(home, model=model) as mem:
+        rec = mem.write("Aurelio", [("works as a", "carpenter")])
+        assert rec.status == "applied", rec.reason
+        assert rec.superseded == [] and [f["object"] for f in rec.facts] == ["carpenter"]
+        row = mem.ledger.get(rec.edit_id)
+        assert {f["object"] for f in row["metrics"]["reasserted"]} == {"Warsaw", "brown"}
+        objects = ["carpenter"] + [f["object"] for f in row["metrics"]["reasserted"]]
+        said = {o: a["edit"] for o, a in zip(objects, rec.recall["answers"], strict=True)}  # all three verified
+        assert all(mentions(text, obj) for obj, text in said.items()), said
+        assert sorted(mem.live) == [1, rec.edit_id]
+        assert mem.forget(rec.edit_id) == [rec.edit_id]
+        assert same(weights(model, base), written[2])  # back to the first write, bit for bit
         assert mem.verify() == []
 
 
