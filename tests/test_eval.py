@@ -350,7 +350,9 @@ def test_sequential_writes_one_fact_per_call_through_the_memory(eval_lm, tmp_pat
     runner = Runner(eval_lm, subjects, locality, mode="sequential", progress=False,
                     memory_options={"verify": {"min_edit_recall": 0.0}}, edit_config={"stage_steps": 3})
     result = runner.run(["rose"])[0]
-    assert calls == [["brown"], ["Warsaw"], ["parrot"]]  # one fact per call, subject after subject
+    # one new fact per call, subject after subject; the subject's fact held on an earlier edit is
+    # solved for again (joint_subject), not written as the call's own
+    assert calls == [["brown"], ["Warsaw", "brown"], ["parrot"]]
     assert all(c["stage_steps"] == 3 and c["seed"] == 0 for c in fake.configs)  # the memory writes with the --set overrides
     assert torch.allclose(weight.detach(), before, atol=1e-6)  # the memory gave the weights back
     # locality: the locality file after each subject, plus the second subject's question after the first
