@@ -251,6 +251,8 @@ def cmd_ledger_show(args) -> int:
         ledger.close()
     lines = [f"edit {row['id']} ({row['status']}, {row['origin']}, method {row['method']}, namespace {row['namespace']})"]
     lines += [f"  {_fact_text(row['subject'], f)}" for f in row["facts"]]
+    lines += [f"  re-asserted (held on other edits): {_fact_text(row['subject'], f)}"
+              for f in (row["metrics"] or {}).get("reasserted", [])]
     for key in ("reason", "delta_file", "delta_sha256", "superseded_by", "consolidated_into"):
         if row[key] is not None:
             lines.append(f"  {key}: {row[key]}")

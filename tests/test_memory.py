@@ -133,7 +133,7 @@ def test_supersede_replaces_the_object_and_keeps_the_other_facts(home, model):
         assert mem.verify() == []
 
 
-def test_a_write_of_a_new_relation_reasserts_the_subjects_facts_and_forgets_exactly(home, model, written, base):
+def test_a_write_of_a_new_relation_reasserts_the_subjects_facts_and_forgets_exactly(home, model, written, base, capsys):
     """Every edit of a subject writes to its key: the new edit solves for the facts the subject
     already holds too (`joint_subject`), so they survive it, and they stay on their own edit."""
     with ParametricMemory(home, model=model) as mem:
@@ -146,6 +146,10 @@ def test_a_write_of_a_new_relation_reasserts_the_subjects_facts_and_forgets_exac
         said = {o: a["edit"] for o, a in zip(objects, rec.recall["answers"], strict=True)}  # all three verified
         assert all(mentions(text, obj) for obj, text in said.items()), said
         assert sorted(mem.live) == [1, rec.edit_id]
+        capsys.readouterr()
+        assert cli(["--home", str(home), "ledger", "show", str(rec.edit_id)]) == 0
+        shown = capsys.readouterr().out
+        assert "re-asserted (held on other edits): Aurelio lives in the city of -> Warsaw" in shown, shown
         assert mem.forget(rec.edit_id) == [rec.edit_id]
         assert same(weights(model, base), written[2])  # back to the first write, bit for bit
         assert mem.verify() == []
