@@ -212,8 +212,9 @@ def recheck(mem: "ParametricMemory") -> None:
         reqs = stored_requests(subj, list(_facts(rows).values()))
         mem._use(ns)
         recall = mem._measure(subj, reqs)
-        skip = recall["edit"] < pol.recheck_min_recall and _refused_and_unchanged(every, ns, subj)
+        low = recall["edit"] < pol.recheck_min_recall
+        skip = low and _refused_and_unchanged(every, ns, subj)
         mem.ledger.note(rows[-1]["id"], {"recheck": {k: recall[k] for k in ("edit", "chat", "about")}
                                          | ({"sleep": "skipped: its last sleep was refused and nothing changed"} if skip else {})})
-        if recall["edit"] < pol.recheck_min_recall and not skip:
+        if low and not skip:
             sleep_subject(mem, ns, subj, rows)

@@ -152,7 +152,7 @@ def load_config(home: Path, model, method, edit_config, verify, policy, sleep, m
             if more[key] is not None:
                 setattr(cfg, key, _updated(getattr(cfg, key), more[key]))
         for key in ("lock_timeout", "joint_subject"):
-            if more.get(key) is not None:
+            if more[key] is not None:
                 cfg = MemoryConfig.model_validate(cfg.model_dump() | {key: more[key]})
     except ValidationError as err:
         raise RoseMemoryError(f"invalid memory settings: {err}") from None
