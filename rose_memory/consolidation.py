@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from . import faults
 from .facts import stored_requests
@@ -34,7 +34,10 @@ class ConsolidationPolicy(BaseModel):
 
     enabled: bool = True
     every_n_writes: int | None = 20            # applied writes since the last sleep: sleep every subject with new wake edits
-    max_live_edits_per_subject: int | None = 3  # a subject with this many live wake edits written since its last sleep sleeps
+    # a subject written this many times since its last sleep sleeps (counted in writes, not live edits:
+    # a write carries the subject's earlier facts into its own edit, so a subject has one live wake edit);
+    # `max_live_edits_per_subject`, its name until 2026-12-01, is still read
+    writes_per_subject: int | None = Field(3, validation_alias=AliasChoices("writes_per_subject", "max_live_edits_per_subject"))
     recheck_every: int | None = 10             # re-verify live edits every this many writes ...
     recheck_min_recall: float = 0.5            # ... and sleep subjects whose edit-form recall fell below this
     recheck_max_subjects: int = 10             # most recent subjects re-verified per check
@@ -149,6 +152,14 @@ def _new_since_last_sleep(rows: list[dict], namespace: str, subject: str) -> lis
     return [r for r in here if r["origin"] != "sleep" and r["status"] == "applied" and r["id"] > last]
 
 
+def _writes_since_last_sleep(rows: list[dict], namespace: str, subject: str) -> int:
+    """The subject's writes after its last sleep whose facts are still held (applied, or carried by a later edit)."""
+    here = [r for r in rows if r["namespace"] == namespace and r["subject"] == subject]
+    last = max((r["id"] for r in here if r["origin"] == "sleep"), default=0)
+    return sum(r["origin"] != "sleep" and r["id"] > last and r["status"] in ("applied", "superseded", "consolidated")
+               for r in here)
+
+
 def consolidate(mem: "ParametricMemory", subject: str | None = None, namespace: str | None = None,
                 new_only: bool = False) -> list[ConsolidationRecord]:
     """Sleep each subject (or `subject`) with live wake edits; `new_only`: only those with wake
@@ -181,8 +192,7 @@ def after_write(mem: "ParametricMemory", write: "WriteRecord") -> int | None:
         writes = [r for r in rows if r["origin"] == "write" and r["status"] != "failed"]
         live_here = [r for r in rows if r["status"] == "applied" and r["subject"] == write.subject
                      and r["namespace"] == write.namespace]
-        new = _new_since_last_sleep(rows, write.namespace, write.subject)
-        if pol.max_live_edits_per_subject and len(new) >= pol.max_live_edits_per_subject:
+        if pol.writes_per_subject and _writes_since_last_sleep(rows, write.namespace, write.subject) >= pol.writes_per_subject:
             sleep_subject(mem, write.namespace, write.subject, live_here)
         elif pol.every_n_writes and sum(r["id"] > last for r in writes) >= pol.every_n_writes:
             consolidate(mem, new_only=True)

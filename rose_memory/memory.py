@@ -29,7 +29,7 @@ from .editing.delta import Delta
 from .editing.targets import TargetCache
 from .errors import RoseMemoryError
 from .arch import spec_for
-from . import consolidation, faults
+from . import consolidation, faults, holding
 from .progress import library_bars, stage
 from .consolidation import ConsolidationPolicy, ConsolidationRecord
 from .facts import EditRequest, check_namespace, make_facts, stored_requests
@@ -64,7 +64,7 @@ class ParametricMemory:
     them to the base model. `device` and `dtype` (as `load_model` takes them: auto is CUDA with
     bf16 weights where present, else the CPU in float32) apply when the memory loads the model
     itself; a LoadedModel is used as it is. `limits`, `guard`, `lock_timeout` and `joint_subject`
-    (a write re-asserts the subject's other live facts; see `MemoryConfig`) update the home's
+    (a write carries the subject's other live facts into its edit; see `MemoryConfig`) update the home's
     stored settings, as `verify` and `policy` do. `progress=True` says on stderr what a
     slow step is doing (loading the model, editing, verifying, a sleep, an export), with bars.
     """
@@ -264,7 +264,8 @@ class ParametricMemory:
 
         Facts are (relation, object) pairs, Fact objects or {"relation", "object"} dicts.
         A fact whose relation the subject already holds replaces it (the old edit is superseded;
-        its other facts are carried into the new edit). `via="tool"` marks a write an agent asked
+        its other facts are carried into the new edit); with `joint_subject` (the default) every
+        live edit of the subject is superseded so, its facts carried (`holding.carry`). `via="tool"` marks a write an agent asked
         for: the guard's protected subjects refuse it.
         """
         namespace = check_namespace(namespace)
@@ -286,12 +287,9 @@ class ParametricMemory:
                 return WriteRecord(edit_id=eid, status="applied", subject=subject, namespace=namespace,
                                    facts=self.ledger.get(eid)["facts"], reason=f"already remembered by edit {eid}")
             check_rate(self.ledger, namespace, self.config.limits.max_writes_per_minute)
-            prompts = {r.prompt for r in reqs}
-            old = [r for r in live_rows if any(f["prompt"] in prompts for f in r["facts"])]
-            carried = {f["prompt"]: f for r in old for f in r["facts"] if f["prompt"] not in prompts}  # later rows win
-            reqs = reqs + stored_requests(subject, list(carried.values()))
-            also = self._reasserted(subject, [r for r in live_rows if r not in old], reqs)
-            record = self._replace(subject, namespace, reqs, old, also=also)
+            old, carried = self._carry(live_rows, reqs)
+            reqs = reqs + stored_requests(subject, carried)
+            record = self._replace(subject, namespace, reqs, old, carried=carried)
             write = WriteRecord(edit_id=record["id"], status=record["status"], subject=subject, namespace=namespace,
                                 facts=_facts_of(reqs), recall=record["recall"], reason=record["reason"],
                                 superseded=[r["id"] for r in old] if record["status"] == "applied" else [])
@@ -300,29 +298,19 @@ class ParametricMemory:
                 self._use(namespace)  # a sleep of another namespace may have switched the weights
             return write
 
-    def _reasserted(self, subject: str, staying: list[dict], reqs: list[EditRequest]) -> list[EditRequest]:
-        """The facts the subject holds on the live edits `staying` that an edit of `reqs` solves for
-        too (`joint_subject`); at most `limits.max_facts_per_write` facts in all, the newest kept."""
-        if not self.config.joint_subject:
-            return []
-        prompts = {r.prompt for r in reqs}
-        held = {f["prompt"]: f for r in staying for f in r["facts"] if f["prompt"] not in prompts}  # later rows win
-        room = max(self.config.limits.max_facts_per_write - len(reqs), 0)
-        return stored_requests(subject, list(held.values())[-room:] if room else [])
+    def _carry(self, rows: list[dict], reqs: list[EditRequest]) -> tuple[list[dict], list[dict]]:
+        """The live rows of a subject an edit of `reqs` supersedes, and the facts it carries over (`holding.carry`)."""
+        return holding.carry(rows, {r.prompt for r in reqs}, self.config.joint_subject, self.config.limits.max_facts_per_write)
 
     def _replace(self, subject: str, namespace: str, reqs: list[EditRequest], old: list[dict], origin: str = "write",
-                 also: list[EditRequest] = ()) -> dict:
+                 carried: list[dict] = ()) -> dict:
         """One new edit of `reqs` superseding the live edits `old`: pending row, edit, verify, commit or roll back.
 
-        `also`: facts the subject holds on edits that stay live, solved for with `reqs` and
-        verified with them but not recorded as this edit's facts (`joint_subject`): every edit of a
-        subject writes to the same subject key, and an edit solved for its new fact alone moves
-        the subject's value away from the facts already there. Forgetting this edit reverts it
-        exactly, as for any edit; the re-asserted facts stay on their own edits.
+        `carried`: the facts among `reqs` that the edit carries over from `old` (`_carry`), recorded in
+        its metrics, so that forgetting a write forgets what that write told and no more.
         The active namespace is `namespace`. The faults.point names are where the crash tests kill
         the process (tests/test_crash.py).
         """
-        also = list(also)
         eid = self.ledger.add(subject, _facts_of(reqs), self.config.method, namespace, origin=origin)
         faults.point("write:pending")
         say = lambda text: stage(f"edit {eid}: {text}", self.progress)  # noqa: E731
@@ -337,16 +325,16 @@ class ParametricMemory:
             before = self._canary_answers(tuple(others)) if guard else None
             faults.point("write:editing")
             say(f"computing the {self.config.method} edit of {len(reqs)} fact(s) about {subject}"
-                + (f" (and the {len(also)} it already holds)" if also else ""))
-            delta = self._edit(reqs + also, others)
+                + (f" ({len(carried)} held on edits it replaces)" if carried else ""))
+            delta = self._edit(reqs, others)
             faults.point("write:edited")
             fields["delta_file"], fields["delta_sha256"] = self.store.save(eid, delta)
             faults.point("write:saved")
             self._compose(others | {eid: delta})
             faults.point("write:composed")
-            say(f"verifying: {2 * len(reqs + also) + 1} questions to the edited model")
-            recall = self._measure(subject, reqs + also)
-            fields["metrics"] = {"recall": recall} | ({"reasserted": _facts_of(also)} if also else {})
+            say(f"verifying: {2 * len(reqs) + 1} questions to the edited model")
+            recall = self._measure(subject, reqs)
+            fields["metrics"] = {"recall": recall} | ({"carried": list(carried)} if carried else {})
             reason = passes(self.config.verify, recall)
             if reason is None and guard:
                 say("write guard: the canary prompts after the write")
@@ -368,12 +356,14 @@ class ParametricMemory:
             return {"id": eid, "status": "failed", "recall": fields["metrics"]["recall"], "reason": reason}
 
     def forget(self, edit_id: int | None = None, *, subject: str | None = None, namespace: str = "default") -> list[int]:
-        """Revert an applied edit of `namespace` exactly (or every live edit about `subject` there); returns the ids forgotten.
+        """Forget what one write told (or every live edit about `subject`) in `namespace`; returns the ids forgotten.
 
-        Facts consolidated by a sleep are in the subject's sleep delta: forgetting a consolidated
-        edit, or a wake edit kept beside a sleep delta trained on top of it, forgets that sleep
-        delta too, and the facts only it carried are written again as a new wake edit (origin
-        "rewrite"; a later sleep consolidates them again).
+        A write's facts are held by the subject's live edits: its own edit, or the later edit that
+        carried them over (a write about a subject carries the facts it already holds, `joint_subject`),
+        or the subject's sleep delta. Every live edit holding one of them is reverted exactly (a sleep
+        delta with the wake edits it consolidated or was trained on), and the other facts those
+        edits held are written again as one new wake edit (origin "rewrite"; a later sleep
+        consolidates them again). A write whose edit holds only what it told is simply reverted.
         """
         if (edit_id is None) == (subject is None):
             raise RoseMemoryError("give either an edit id or subject=..., not both")
@@ -390,18 +380,7 @@ class ParametricMemory:
                 if row["namespace"] != namespace:
                     raise RoseMemoryError(f"edit {edit_id} is in namespace {row['namespace']!r}, not {namespace!r}; "
                                           "forget it from its own namespace")
-                carrier = row
-                while carrier["status"] == "consolidated":  # an earlier sleep delta is carried by the newest one
-                    carrier = self.ledger.get(carrier["consolidated_into"])
-                carrier = None if carrier is row else carrier
-                if carrier is None and row["status"] == "applied" and row["origin"] != "sleep":
-                    carrier = self._sleep_over(row)
-                if carrier is not None and carrier["status"] == "applied":
-                    ids = [carrier["id"], edit_id]
-                elif row["status"] != "applied":
-                    raise RoseMemoryError(f"edit {edit_id} is {row['status']}; only applied edits can be forgotten")
-                else:
-                    ids = [edit_id]
+                ids, told = self._holders(row)
             else:
                 ids = [r["id"] for r in self.ledger.rows(status="applied", subject=subject.strip(), namespace=namespace)]
                 if not ids:
@@ -411,14 +390,9 @@ class ParametricMemory:
             merged = self.ledger.rows(status="consolidated", namespace=namespace)
             while more := [r["id"] for r in merged if r["consolidated_into"] in ids and r["id"] not in ids]:
                 ids += more
-            if edit_id is not None and len(ids) > 1:
-                # facts that only the forgotten sleep delta carried (their wake edits were removed) are
-                # written again; facts on wake edits that stay applied are not written twice
-                gone = {f["prompt"] for f in row["facts"]}
-                held = {f["prompt"] for r in self.ledger.rows(status="applied", subject=row["subject"], namespace=namespace)
-                        if r["id"] not in ids for f in r["facts"]}
-                carried = {f["prompt"]: f for r in merged if r["id"] in ids for f in r["facts"]}  # later rows win
-                rewrite = [f for p, f in carried.items() if p not in gone | held]
+            if edit_id is not None:
+                # the other facts the forgotten edits held are written again, unless an edit that stays holds them
+                rewrite = holding.rewritten(self.ledger.rows(subject=row["subject"], namespace=namespace), ids, told)
             keep = {i: d for i, d in self.live.items() if i not in ids}
             self._compose(keep)
             faults.point("forget:composed")
@@ -432,9 +406,30 @@ class ParametricMemory:
             if rewrite:
                 again = stored_requests(row["subject"], rewrite)
                 staying = self.ledger.rows(status="applied", subject=row["subject"], namespace=namespace)
-                self._replace(row["subject"], row["namespace"], again, [], origin="rewrite",
-                              also=self._reasserted(row["subject"], staying, again))
+                old, carried = self._carry(staying, again)
+                self._replace(row["subject"], namespace, again + stored_requests(row["subject"], carried), old,
+                              origin="rewrite", carried=carried)
             return ids
+
+    def _holders(self, row: dict) -> tuple[list[int], dict[str, str]]:
+        """The ids to forget so that what `row`'s write told leaves the weights, and what it told
+        ({prompt: object}): the live rows holding it (`holding.holders`), the sleep delta trained on
+        top of such a wake edit, and `row` itself (a superseded or consolidated row records so)."""
+        if row["status"] not in ("applied", "superseded", "consolidated"):
+            raise RoseMemoryError(f"edit {row['id']} is {row['status']}; only applied edits can be forgotten")
+        live = self.ledger.rows(status="applied", subject=row["subject"], namespace=row["namespace"])
+        held = holding.holders(row, live)
+        if not held:
+            raise RoseMemoryError(f"edit {row['id']} is {row['status']} and no live edit holds what it told any more "
+                                  f"(a later write replaced it); see `rose-memory ledger show {row['id']}`")
+        ids = [r["id"] for r in held]
+        for r in held:
+            over = self._sleep_over(r) if r["origin"] != "sleep" else None
+            if over is not None and over["id"] not in ids:
+                ids.append(over["id"])
+        if row["id"] not in ids:
+            ids.append(row["id"])
+        return ids, holding.told(row)
 
     def _sleep_over(self, row: dict) -> dict | None:
         """The applied sleep delta of `row`'s subject that was trained with `row` (a wake edit kept

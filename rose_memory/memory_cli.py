@@ -204,7 +204,7 @@ def cmd_forget(args) -> int:
     try:
         if args.edit_id is not None:
             row = _row_in(ledger, args.edit_id, namespace)
-            if row["status"] not in ("applied", "consolidated"):
+            if row["status"] not in ("applied", "consolidated", "superseded"):
                 raise RoseMemoryError(f"edit {args.edit_id} is {row['status']}; only applied edits can be forgotten")
         elif not ledger.rows(status="applied", subject=args.subject.strip(), namespace=namespace):
             raise RoseMemoryError(f"no applied edits about {args.subject!r} in namespace {namespace!r}; "
@@ -212,8 +212,15 @@ def cmd_forget(args) -> int:
     finally:
         ledger.close()
     with _open(args) as mem:
+        last = max((r["id"] for r in mem.edits()), default=0)
         ids = mem.forget(args.edit_id, subject=args.subject, namespace=namespace)
-    _emit(args, {"forgotten": ids}, f"forgot edit {', '.join(map(str, ids))}")
+        again = [r for r in mem.edits(namespace=namespace) if r["id"] > last]  # the other facts the forgotten edits held
+    text = f"forgot edit {', '.join(map(str, ids))}"
+    for r in again:
+        text += (f"\nwrote again as edit {r['id']} ({r['status']}): "
+                 + "; ".join(_fact_text(r["subject"], f) for f in r["facts"]))
+    _emit(args, {"forgotten": ids, "written_again": [{"id": r["id"], "status": r["status"], "facts": r["facts"]}
+                                                     for r in again]}, text)
     return 0
 
 
@@ -250,9 +257,9 @@ def cmd_ledger_show(args) -> int:
     finally:
         ledger.close()
     lines = [f"edit {row['id']} ({row['status']}, {row['origin']}, method {row['method']}, namespace {row['namespace']})"]
-    lines += [f"  {_fact_text(row['subject'], f)}" for f in row["facts"]]
-    lines += [f"  re-asserted (held on other edits): {_fact_text(row['subject'], f)}"
-              for f in (row["metrics"] or {}).get("reasserted", [])]
+    carried = {f["prompt"]: f["from"] for f in (row["metrics"] or {}).get("carried", [])}
+    lines += [f"  {_fact_text(row['subject'], f)}" + (f"  (carried from edit {carried[f['prompt']]})" if f["prompt"] in carried else "")
+              for f in row["facts"]]
     for key in ("reason", "delta_file", "delta_sha256", "superseded_by", "consolidated_into"):
         if row[key] is not None:
             lines.append(f"  {key}: {row[key]}")

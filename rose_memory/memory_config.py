@@ -85,10 +85,11 @@ class MemoryConfig(BaseModel):
     policy: ConsolidationPolicy = Field(default_factory=ConsolidationPolicy)
     sleep: dict[str, Any] = Field(default_factory=dict)  # SleepConfig overrides (rose_memory.sleep.config)
     lora_max_rank: int = 64
-    # A write about a subject that already holds facts on other live edits solves for those too
-    # (recorded as `reasserted` in the row's metrics, not as its facts): one fact per write
+    # A write about a subject carries the facts its other live edits hold into its own edit and
+    # supersedes them (`holding.carry`), so a subject has one live wake edit: one fact per write
     # otherwise moves the subject's value away from the facts before it (first 3 dev subjects,
-    # sequential mode, rose: 3 of 12 facts recalled in their own wording at d7c71f9)
+    # sequential mode, rose: 3 of 12 facts recalled in their own wording at d7c71f9), and every
+    # edit left live costs locality. False: only a write that replaces a relation supersedes.
     joint_subject: bool = True
     limits: Limits = Field(default_factory=Limits)
     guard: GuardConfig = Field(default_factory=GuardConfig)

@@ -40,6 +40,7 @@ TRANSITIONS = {
     "pending": {"applied", "failed"},
     "applied": {"superseded", "forgotten", "consolidated"},
     "consolidated": {"forgotten"},  # its facts were forgotten with the sleep delta that carried them
+    "superseded": {"forgotten"},    # what its write told was forgotten from the later edit that carried it
 }
 # Columns an event may set; everything else in a row is fixed when it is created.
 MUTABLE = ("status", "reason", "applied_at", "delta_file", "delta_sha256", "metrics", "superseded_by", "consolidated_into")

@@ -133,25 +133,32 @@ def test_supersede_replaces_the_object_and_keeps_the_other_facts(home, model):
         assert mem.verify() == []
 
 
-def test_a_write_of_a_new_relation_reasserts_the_subjects_facts_and_forgets_exactly(home, model, written, base, capsys):
-    """Every edit of a subject writes to its key: the new edit solves for the facts the subject
-    already holds too (`joint_subject`), so they survive it, and they stay on their own edit."""
+def test_a_write_carries_the_subjects_facts_and_forget_takes_back_what_a_write_told(home, model, written, base, capsys):
+    """Every edit of a subject writes to its key: a new relation's edit solves for the facts the
+    subject already holds too and replaces the edit they were on (`joint_subject`). Forgetting a
+    write forgets what that write told, wherever it is held now; the rest is written again."""
     with ParametricMemory(home, model=model) as mem:
         rec = mem.write("Aurelio", [("works as a", "carpenter")])
         assert rec.status == "applied", rec.reason
-        assert rec.superseded == [] and [f["object"] for f in rec.facts] == ["carpenter"]
+        assert rec.superseded == [1] and [f["object"] for f in rec.facts] == ["carpenter", "Warsaw", "brown"]
         row = mem.ledger.get(rec.edit_id)
-        assert {f["object"] for f in row["metrics"]["reasserted"]} == {"Warsaw", "brown"}
-        objects = ["carpenter"] + [f["object"] for f in row["metrics"]["reasserted"]]
-        said = {o: a["edit"] for o, a in zip(objects, rec.recall["answers"], strict=True)}  # all three verified
+        assert [(f["object"], f["from"]) for f in row["metrics"]["carried"]] == [("Warsaw", 1), ("brown", 1)]
+        said = {f["object"]: a["edit"] for f, a in zip(rec.facts, rec.recall["answers"], strict=True)}  # all three verified
         assert all(mentions(text, obj) for obj, text in said.items()), said
-        assert sorted(mem.live) == [1, rec.edit_id]
+        assert list(mem.live) == [rec.edit_id]  # one live edit for the subject
         capsys.readouterr()
         assert cli(["--home", str(home), "ledger", "show", str(rec.edit_id)]) == 0
         shown = capsys.readouterr().out
-        assert "re-asserted (held on other edits): Aurelio lives in the city of -> Warsaw" in shown, shown
-        assert mem.forget(rec.edit_id) == [rec.edit_id]
-        assert same(weights(model, base), written[2])  # back to the first write, bit for bit
+        assert "Aurelio lives in the city of -> Warsaw  (carried from edit 1)" in shown, shown
+        # the first write told Warsaw and brown; they are held by the second write's edit now
+        assert sorted(mem.forget(1)) == [1, rec.edit_id]
+        rows = {r["id"]: r for r in mem.edits()}
+        assert rows[1]["status"] == rows[rec.edit_id]["status"] == "forgotten"
+        (again,) = [r for r in rows.values() if r["status"] == "applied"]
+        assert again["origin"] == "rewrite" and [f["object"] for f in again["facts"]] == ["carpenter"]
+        assert ANSWER not in mem.ask(QUESTION).lower()  # Warsaw is gone from the weights
+        assert mem.forget(again["id"]) == [again["id"]]  # told it all: reverted, nothing written again
+        assert same(weights(model, base), base)
         assert mem.verify() == []
 
 
@@ -283,10 +290,10 @@ def test_lora_export_reproduces_the_edited_logits(home, model, tmp_path):
 
 
 def test_separate_writes_trigger_a_sleep(home, model):
-    """The policy sleeps a subject with this many live wake edits. With no training steps the
-    sleep delta carries nothing, so the gate refuses it and both wake edits stay applied
+    """The policy sleeps a subject written this many times since its last sleep. With no training
+    steps the sleep delta carries nothing, so the gate refuses it and the wake edit stays applied
     (tests/test_sleep.py trains for real)."""
-    policy = {"max_live_edits_per_subject": 2, "recheck_every": None, "recheck_min_recall": 1.01}  # recheck() always wants a sleep
+    policy = {"writes_per_subject": 2, "recheck_every": None, "recheck_min_recall": 1.01}  # recheck() always wants a sleep
     with ParametricMemory(home, model=model, policy=policy, sleep={"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2,
                                                               "generic_negatives": 2, "scale_steps": [0.0],
                                                               "canary_names": 2, "delta_scales": [1.0]}) as mem:
@@ -294,13 +301,13 @@ def test_separate_writes_trigger_a_sleep(home, model):
             warnings.simplefilter("always")
             rec = mem.write("Aurelio", [("works as a", "carpenter")])
         assert not [w for w in caught if "consolidation" in str(w.message)]  # failures would warn
-        assert rec.status == "applied" and rec.superseded == [] and rec.consolidated_into is None
+        assert rec.status == "applied" and rec.superseded == [1] and rec.consolidated_into is None  # the edit carries 1's facts
         rows = {r["id"]: r for r in mem.edits()}
         (sleep,) = [r for r in rows.values() if r["origin"] == "sleep"]
         assert {f["object"] for f in sleep["facts"]} == {"Warsaw", "brown", "carpenter"}
         assert sleep["status"] == "failed" and "no more held-back questions" in sleep["reason"]
         assert [f["stage"] for f in sleep["metrics"]["facts"]] == ["wake"] * 3
-        assert list(mem.live) == [1, rec.edit_id]
+        assert list(mem.live) == [rec.edit_id]
         assert mem.verify() == []
         # refused with nothing new since: the re-verification notes it and does not sleep it again
         recheck(mem)
@@ -317,7 +324,7 @@ def test_separate_writes_trigger_a_sleep(home, model):
 def test_the_interval_sleeps_only_subjects_with_new_wake_edits(home, model):
     """`every_n_writes` sleeps the subjects written since their last sleep, not every subject
     with a live wake edit (a wake edit stays beside the sleep delta that reads it)."""
-    policy = {"max_live_edits_per_subject": None, "every_n_writes": 1, "recheck_every": None}
+    policy = {"writes_per_subject": None, "every_n_writes": 1, "recheck_every": None}
     sleep = {"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2, "generic_negatives": 2,
              "scale_steps": [0.0], "canary_names": 2, "delta_scales": [1.0]}
     with ParametricMemory(home, model=model, policy=policy, sleep=sleep) as mem:

@@ -174,6 +174,6 @@ def test_cli_takes_home_and_namespace_before_or_after_the_command(home, capsys):
     assert cli(["--home", str(home), "forget", "1"]) == 2                      # edit 1 is alice's
     assert "add --namespace alice" in capsys.readouterr().err
     assert cli(["--home", str(home), "--namespace", "alice", "forget", "1", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"forgotten": [1]}
+    assert json.loads(capsys.readouterr().out) == {"forgotten": [1], "written_again": []}
     assert cli(["--home", str(home), "--namespace", "bob", "ask", "Who is Bruno?", "--max-new-tokens", "2"]) == 0
     assert cli(["--home", str(home), "ledger", "verify"]) == 0
