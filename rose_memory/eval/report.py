@@ -75,7 +75,8 @@ def write_report(run: EvalRun, directory: str, command: str = "") -> str:
         "",
         "All answers are greedy generations (at most 24 new tokens). Confusion: lower is better; "
         "fluency: n-gram entropy after / before (1.0 = unchanged); s/write: seconds per edit call "
-        "(a sleep's seconds are in the notes, not in s/write); instr / in-context: instruction recall as a "
+        "(batch mode: a sleep's seconds are in the notes, not in s/write; sequential mode: a write's seconds include "
+        "the sleeps its memory's policy ran after it); instr / in-context: instruction recall as a "
         "fraction of `in-context` in this run.",
         "",
         markdown_table(run),
