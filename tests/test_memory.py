@@ -296,7 +296,7 @@ def test_separate_writes_trigger_a_sleep(home, model):
     policy = {"writes_per_subject": 2, "recheck_every": None, "recheck_min_recall": 1.01}  # recheck() always wants a sleep
     with ParametricMemory(home, model=model, policy=policy, sleep={"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2,
                                                               "generic_negatives": 2, "scale_steps": [0.0],
-                                                              "canary_names": 2, "delta_scales": [1.0]}) as mem:
+                                                              "canary_names": 2, "delta_scales": [1.0], "answer_tokens": 6, "gate_tokens": 8}) as mem:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             rec = mem.write("Aurelio", [("works as a", "carpenter")])
@@ -326,7 +326,7 @@ def test_the_interval_sleeps_only_subjects_with_new_wake_edits(home, model):
     with a live wake edit (a wake edit stays beside the sleep delta that reads it)."""
     policy = {"writes_per_subject": None, "every_n_writes": 1, "recheck_every": None}
     sleep = {"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2, "generic_negatives": 2,
-             "scale_steps": [0.0], "canary_names": 2, "delta_scales": [1.0]}
+             "scale_steps": [0.0], "canary_names": 2, "delta_scales": [1.0], "answer_tokens": 6, "gate_tokens": 8}
     with ParametricMemory(home, model=model, policy=policy, sleep=sleep) as mem:
         mem.write("Liora", [("plays the", "cello")])
         mem.write("Liora", [("works as a", "pilot")])
