@@ -303,19 +303,22 @@ class ParametricMemory:
         return holding.carry(rows, {r.prompt for r in reqs}, self.config.joint_subject, self.config.limits.max_facts_per_write)
 
     def _replace(self, subject: str, namespace: str, reqs: list[EditRequest], old: list[dict], origin: str = "write",
-                 carried: list[dict] = ()) -> dict:
+                 carried: list[dict] = (), forgetting: list[int] = ()) -> dict:
         """One new edit of `reqs` superseding the live edits `old`: pending row, edit, verify, commit or roll back.
 
         `carried`: the facts among `reqs` that the edit carries over from `old` (`_carry`), recorded in
         its metrics, so that forgetting a write forgets what that write told and no more.
+        `forgetting`: live edits a forget takes out, committed in the edit's own transaction (the
+        rewrite of the facts they also held); they are forgotten even when the edit is rejected.
         The active namespace is `namespace`. The faults.point names are where the crash tests kill
         the process (tests/test_crash.py).
         """
         eid = self.ledger.add(subject, _facts_of(reqs), self.config.method, namespace, origin=origin)
         faults.point("write:pending")
         say = lambda text: stage(f"edit {eid}: {text}", self.progress)  # noqa: E731
-        old_ids = {r["id"] for r in old}
+        old_ids = {r["id"] for r in old} | set(forgetting)
         others = {i: d for i, d in self.live.items() if i not in old_ids}
+        gone = [(i, "forgotten", {}) for i in forgetting]
         fields: dict = {}
         try:
             self._compose(others)  # the edit is computed on the weights without what it replaces
@@ -343,15 +346,20 @@ class ParametricMemory:
             if reason is not None:
                 raise _Rejected(reason)
             faults.point("write:checked")
-            self.ledger.transition([(eid, "applied", fields)] + [(r["id"], "superseded", {"superseded_by": eid}) for r in old])
+            self.ledger.transition([(eid, "applied", fields)] + [(r["id"], "superseded", {"superseded_by": eid}) for r in old]
+                                   + gone)
             faults.point("write:committed")
             self.live = others | {eid: delta}
             return {"id": eid, "status": "applied", "recall": recall, "reason": None}
         except BaseException as err:
             self._compose(self.live)  # back to exactly what the ledger says is applied
             reason = str(err) if isinstance(err, (_Rejected, RoseMemoryError)) else f"{type(err).__name__}: {err}"
-            self.ledger.transition([(eid, "failed", fields | {"reason": reason})])
-            if not isinstance(err, _Rejected):
+            rejected = isinstance(err, _Rejected)
+            self.ledger.transition([(eid, "failed", fields | {"reason": reason})] + (gone if rejected else []))
+            if rejected and gone:  # a forget stands even when the rewrite of the other facts falls short
+                self.live = {i: d for i, d in self.live.items() if i not in forgetting}
+                self._compose(self.live)
+            if not rejected:
                 raise
             return {"id": eid, "status": "failed", "recall": fields["metrics"]["recall"], "reason": reason}
 
@@ -363,7 +371,8 @@ class ParametricMemory:
         or the subject's sleep delta. Every live edit holding one of them is reverted exactly (a sleep
         delta with the wake edits it consolidated or was trained on), and the other facts those
         edits held are written again as one new wake edit (origin "rewrite"; a later sleep
-        consolidates them again). A write whose edit holds only what it told is simply reverted.
+        consolidates them again), in the same ledger transaction as the forget, so that a crash in
+        between loses neither. A write whose edit holds only what it told is simply reverted.
         """
         if (edit_id is None) == (subject is None):
             raise RoseMemoryError("give either an edit id or subject=..., not both")
@@ -394,6 +403,14 @@ class ParametricMemory:
                 # the other facts the forgotten edits held are written again, unless an edit that stays holds them
                 rewrite = holding.rewritten(self.ledger.rows(subject=row["subject"], namespace=namespace), ids, told)
             keep = {i: d for i, d in self.live.items() if i not in ids}
+            if rewrite:  # the forget commits with the rewrite's edit: a crash in between loses neither
+                again = stored_requests(row["subject"], rewrite)
+                staying = [r for r in self.ledger.rows(status="applied", subject=row["subject"], namespace=namespace)
+                           if r["id"] not in ids]
+                old, carried = self._carry(staying, again)
+                self._replace(row["subject"], namespace, again + stored_requests(row["subject"], carried), old,
+                              origin="rewrite", carried=carried, forgetting=ids)
+                return ids
             self._compose(keep)
             faults.point("forget:composed")
             try:
@@ -403,12 +420,6 @@ class ParametricMemory:
                 raise
             faults.point("forget:committed")
             self.live = keep
-            if rewrite:
-                again = stored_requests(row["subject"], rewrite)
-                staying = self.ledger.rows(status="applied", subject=row["subject"], namespace=namespace)
-                old, carried = self._carry(staying, again)
-                self._replace(row["subject"], namespace, again + stored_requests(row["subject"], carried), old,
-                              origin="rewrite", carried=carried)
             return ids
 
     def _holders(self, row: dict) -> tuple[list[int], dict[str, str]]:

@@ -123,3 +123,46 @@ def test_a_kill_at_each_point_recovers(written, base, tmp_path, action, point):
             params = {n: p.detach() for n, p in mem.lm.model.named_parameters()}
             want = base_plus(base, [mem.live[i] for i in applied])
             assert all(torch.equal(params[n], want[n]) for n in want), namespace
+
+
+REWRITE_CHILD = textwrap.dedent("""
+    import sys
+    from rose_memory.memory import ParametricMemory
+
+    with ParametricMemory(sys.argv[1]) as mem:
+        mem.forget(1, namespace="alice")  # edit 3 holds what edit 1 told: it goes, its own fact is written again
+    print("not reached")
+""")
+REWRITE_POINTS = ("write:pending", "write:edited", "write:checked", "write:committed")
+
+
+@pytest.fixture(scope="module")
+def carried(tmp_path_factory, written):
+    """`written` plus edit 3 (alice): a new fact about Aurelio, carrying edit 1's two facts (1 superseded)."""
+    home = shutil.copytree(written, tmp_path_factory.mktemp("carried") / "home")
+    with ParametricMemory(home) as mem:
+        rec = mem.write("Aurelio", [("has a pet", "cat")], namespace="alice")
+        assert rec.status == "applied" and rec.superseded == [1]
+    return home
+
+
+@pytest.mark.parametrize("point", REWRITE_POINTS)
+def test_a_kill_while_forget_writes_the_other_facts_again_loses_neither(carried, base, tmp_path, point):
+    """The forget commits in the rewrite's own transaction: killed before it, nothing was forgotten."""
+    home = shutil.copytree(carried, tmp_path / "home")
+    proc = subprocess.run([sys.executable, "-c", REWRITE_CHILD, str(home)], capture_output=True, text=True,
+                          timeout=600, env=os.environ | {ENV: point, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert proc.returncode == EXIT_CODE, proc.stderr[-3000:]
+    with ParametricMemory(home) as mem:
+        assert mem.verify() == []
+        rows = {r["id"]: r for r in mem.edits()}
+        committed = point == "write:committed"
+        assert rows[4]["origin"] == "rewrite" and [f["object"] for f in rows[4]["facts"]] == ["cat"]
+        assert rows[4]["status"] == ("applied" if committed else "failed")
+        assert rows[3]["status"] == ("forgotten" if committed else "applied")
+        assert rows[1]["status"] == ("forgotten" if committed else "superseded")
+        mem.use("alice")
+        assert list(mem.live) == ([4] if committed else [3])
+        params = {n: p.detach() for n, p in mem.lm.model.named_parameters()}
+        want = base_plus(base, list(mem.live.values()))
+        assert all(torch.equal(params[n], want[n]) for n in want)
