@@ -143,21 +143,23 @@ def groups(mem: "ParametricMemory", namespace: str | None = None) -> dict[tuple[
     return out
 
 
+def _wake_since_last_sleep(rows: list[dict], namespace: str, subject: str) -> list[dict]:
+    """The subject's wake rows (writes and rewrites, every status) after its last sleep, kept or refused."""
+    here = [r for r in rows if r["namespace"] == namespace and r["subject"] == subject]
+    last = max((r["id"] for r in here if r["origin"] == "sleep"), default=0)
+    return [r for r in here if r["origin"] != "sleep" and r["id"] > last]
+
+
 def _new_since_last_sleep(rows: list[dict], namespace: str, subject: str) -> list[dict]:
     """The subject's applied wake edits written after its last sleep, kept or refused. A wake edit
     kept beside a sleep delta (the default delta reads it) or left by a refused sleep has been
     slept on: sleeping again before anything new arrives would redo the same minutes of work."""
-    here = [r for r in rows if r["namespace"] == namespace and r["subject"] == subject]
-    last = max((r["id"] for r in here if r["origin"] == "sleep"), default=0)
-    return [r for r in here if r["origin"] != "sleep" and r["status"] == "applied" and r["id"] > last]
+    return [r for r in _wake_since_last_sleep(rows, namespace, subject) if r["status"] == "applied"]
 
 
 def _writes_since_last_sleep(rows: list[dict], namespace: str, subject: str) -> int:
     """The subject's writes after its last sleep whose facts are still held (applied, or carried by a later edit)."""
-    here = [r for r in rows if r["namespace"] == namespace and r["subject"] == subject]
-    last = max((r["id"] for r in here if r["origin"] == "sleep"), default=0)
-    return sum(r["origin"] != "sleep" and r["id"] > last and r["status"] in ("applied", "superseded", "consolidated")
-               for r in here)
+    return sum(r["status"] in ("applied", "superseded", "consolidated") for r in _wake_since_last_sleep(rows, namespace, subject))
 
 
 def consolidate(mem: "ParametricMemory", subject: str | None = None, namespace: str | None = None,

@@ -10,6 +10,9 @@ again (`rewritten`).
 
 from __future__ import annotations
 
+# a row whose write can be forgotten: live, or its facts held by a later edit or a sleep delta
+FORGETTABLE = ("applied", "superseded", "consolidated")
+
 
 def carry(rows: list[dict], prompts: set[str], joint: bool, max_facts: int) -> tuple[list[dict], list[dict]]:
     """The live rows `rows` of a subject that an edit of the relations `prompts` supersedes, and the

@@ -401,16 +401,16 @@ class ParametricMemory:
                 ids += more
             if edit_id is not None:
                 # the other facts the forgotten edits held are written again, unless an edit that stays holds them
-                rewrite = holding.rewritten(self.ledger.rows(subject=row["subject"], namespace=namespace), ids, told)
-            keep = {i: d for i, d in self.live.items() if i not in ids}
+                rows = self.ledger.rows(subject=row["subject"], namespace=namespace)
+                rewrite = holding.rewritten(rows, ids, told)
             if rewrite:  # the forget commits with the rewrite's edit: a crash in between loses neither
                 again = stored_requests(row["subject"], rewrite)
-                staying = [r for r in self.ledger.rows(status="applied", subject=row["subject"], namespace=namespace)
-                           if r["id"] not in ids]
+                staying = [r for r in rows if r["status"] == "applied" and r["id"] not in ids]
                 old, carried = self._carry(staying, again)
                 self._replace(row["subject"], namespace, again + stored_requests(row["subject"], carried), old,
                               origin="rewrite", carried=carried, forgetting=ids)
                 return ids
+            keep = {i: d for i, d in self.live.items() if i not in ids}
             self._compose(keep)
             faults.point("forget:composed")
             try:
@@ -426,7 +426,7 @@ class ParametricMemory:
         """The ids to forget so that what `row`'s write told leaves the weights, and what it told
         ({prompt: object}): the live rows holding it (`holding.holders`), the sleep delta trained on
         top of such a wake edit, and `row` itself (a superseded or consolidated row records so)."""
-        if row["status"] not in ("applied", "superseded", "consolidated"):
+        if row["status"] not in holding.FORGETTABLE:
             raise RoseMemoryError(f"edit {row['id']} is {row['status']}; only applied edits can be forgotten")
         live = self.ledger.rows(status="applied", subject=row["subject"], namespace=row["namespace"])
         held = holding.holders(row, live)
