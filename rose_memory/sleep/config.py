@@ -53,6 +53,10 @@ class SleepConfig(BaseModel):
     negative_batch: int = 8          # unrelated sequences per step (24 until 2026-12-01: twice the step time, no better on the benchmark)
     per_sequence: bool = True        # the answers' KL summed over each answer's tokens (False: mean per token)
     kl_weight: float = 10.0          # weight of the KL to the model before the sleep on unrelated prompts
+    # the delta runs this many times stronger on the unrelated prompts in training: what it leaks to other
+    # people is a small copy of its output, which flips their near-tied answers; held harmless at a larger
+    # copy, the trained output is pushed toward directions other people's answers do not read
+    negative_gain: float = Field(1.0, ge=0.0)
     other_names: int = 24            # made-up people asked the subject's and everyday questions, held to their old answers
     person_questions: int = 3        # everyday questions per other person (people.PERSON_QUESTIONS, cycled)
     generic_negatives: int = 12      # generic chat and text prompts held to their old answers

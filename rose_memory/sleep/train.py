@@ -55,9 +55,10 @@ class _Factors(torch.nn.Module):
         else:
             self.register_buffer("a", a)                                                        # fixed [r, d_in]
         self.b = torch.nn.Parameter(torch.zeros(d_out, a.shape[0] if a is not None else rank))  # [d_out, r]
+        self.gain = 1.0  # SleepConfig.negative_gain while the unrelated prompts run
 
     def forward(self, x):
-        return (x @ self.a.T) @ self.b.T
+        return self.gain * ((x @ self.a.T) @ self.b.T)
 
 
 def _batch(examples: list[Example], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,7 +281,13 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
             neg = rng.sample(unrelated, min(cfg.negative_batch, len(unrelated))) if unrelated and cfg.kl_weight > 0 else []
             opt.zero_grad()
             fact_loss = _kl(hidden, head, pos, lm.device, per_sequence=cfg.per_sequence)
-            keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
+            for f in factors.values():
+                f.gain = cfg.negative_gain
+            try:
+                keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
+            finally:
+                for f in factors.values():
+                    f.gain = 1.0
             (fact_loss + cfg.kl_weight * keep_loss).backward()
             opt.step()
             if on_step is not None:

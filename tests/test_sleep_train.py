@@ -1,0 +1,45 @@
+"""The student's training on the tiny model: the unrelated prompts see the delta at `negative_gain`."""
+
+import torch
+
+from rose_memory.model import load_model
+from rose_memory.sleep.config import SleepConfig
+from rose_memory.sleep.prefix import full_forward
+from rose_memory.sleep.teacher import Example
+from rose_memory.sleep.train import train_delta
+
+
+def _rows(lm, pairs):
+    tok = lm.tokenizer
+    return [Example(tok(p)["input_ids"], tok(a, add_special_tokens=False)["input_ids"], torch.zeros(0), "fact")
+            for p, a in pairs]
+
+
+def test_unrelated_prompts_are_held_against_the_delta_times_the_gain(tiny_dir):
+    """Step 0 starts from a zero delta, so every gain takes the same first step; the keep loss of
+    step 1 is then the same delta seen by the unrelated prompts at gain 0 (nothing: their own
+    distributions, loss 0), 1 and 4 (larger)."""
+    lm = load_model(str(tiny_dir))
+    facts = _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
+                       ("Where does Aurelio Brandt live? He lives in", " Warsaw.")])
+    for e in facts:  # a sharp target the model does not give yet
+        target = torch.full((len(e.answer), len(lm.tokenizer)), -20.0)
+        target[:, 5] = 0.0
+        e.target_logprobs = torch.log_softmax(target, -1)
+    unrelated = _rows(lm, [("The capital of France is", " Paris, a city"), ("Mira Tovan's favorite food is", " pasta with")])
+    head = lm.model.get_output_embeddings()
+    with torch.no_grad():  # held to the model's own distributions: KL 0 before any training
+        h = full_forward(lm)(unrelated)
+        for i, e in enumerate(unrelated):
+            s = len(e.prompt) - 1
+            e.target_logprobs = torch.log_softmax(head(h[i, s: s + len(e.answer)]).float(), -1)
+    keep = {}
+    for gain in (0.0, 1.0, 4.0):
+        cfg = SleepConfig(modules="value", inputs="free", rank=2, layers=[2, 3], steps=2, lr=5e-2, margin=0.0,
+                          negative_gain=gain)
+        losses = []
+        train_delta(lm, facts, unrelated, cfg, on_step=lambda s, a, b: losses.append(b))
+        assert abs(losses[0]) < 1e-5, gain
+        keep[gain] = losses[1]
+    assert abs(keep[0.0]) < 1e-5
+    assert 0 < keep[1.0] < keep[4.0]
