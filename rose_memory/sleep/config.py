@@ -55,7 +55,8 @@ class SleepConfig(BaseModel):
     kl_weight: float = 10.0          # weight of the KL to the model before the sleep on unrelated prompts
     # the delta runs this many times stronger on the unrelated prompts in training: what it leaks to other
     # people is a small copy of its output, which flips their near-tied answers; held harmless at a larger
-    # copy, the trained output is pushed toward directions other people's answers do not read
+    # copy, the trained output is pushed toward directions other people's answers do not read; at 16 the
+    # canary kept more but the delta carried less per unit of scale, a wash on the benchmark (docs/sleep.md)
     negative_gain: float = Field(1.0, ge=0.0)
     other_names: int = 24            # made-up people asked the subject's and everyday questions, held to their old answers
     person_questions: int = 3        # everyday questions per other person (people.PERSON_QUESTIONS, cycled)
