@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from . import faults
+from .holding import HELD
 from .facts import stored_requests
 from .sleep import SleepConfig, consolidate_subject
 
@@ -159,7 +160,7 @@ def _new_since_last_sleep(rows: list[dict], namespace: str, subject: str) -> lis
 
 def _writes_since_last_sleep(rows: list[dict], namespace: str, subject: str) -> int:
     """The subject's writes after its last sleep whose facts are still held (applied, or carried by a later edit)."""
-    return sum(r["status"] in ("applied", "superseded", "consolidated") for r in _wake_since_last_sleep(rows, namespace, subject))
+    return sum(r["status"] in HELD for r in _wake_since_last_sleep(rows, namespace, subject))
 
 
 def consolidate(mem: "ParametricMemory", subject: str | None = None, namespace: str | None = None,

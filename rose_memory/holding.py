@@ -10,8 +10,9 @@ again (`rewritten`).
 
 from __future__ import annotations
 
-# a row whose write can be forgotten: live, or its facts held by a later edit or a sleep delta
-FORGETTABLE = ("applied", "superseded", "consolidated")
+# a write whose facts are still held: its own edit is live, or a later edit or a sleep delta carries
+# them; such a write can be forgotten, and counts toward the policy's writes since the last sleep
+HELD = ("applied", "superseded", "consolidated")
 
 
 def carry(rows: list[dict], prompts: set[str], joint: bool, max_facts: int) -> tuple[list[dict], list[dict]]:

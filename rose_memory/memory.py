@@ -426,7 +426,7 @@ class ParametricMemory:
         """The ids to forget so that what `row`'s write told leaves the weights, and what it told
         ({prompt: object}): the live rows holding it (`holding.holders`), the sleep delta trained on
         top of such a wake edit, and `row` itself (a superseded or consolidated row records so)."""
-        if row["status"] not in holding.FORGETTABLE:
+        if row["status"] not in holding.HELD:
             raise RoseMemoryError(f"edit {row['id']} is {row['status']}; only applied edits can be forgotten")
         live = self.ledger.rows(status="applied", subject=row["subject"], namespace=row["namespace"])
         held = holding.holders(row, live)

@@ -16,7 +16,7 @@ from pathlib import Path
 from .cli_options import add_device_options, add_quiet_option, progress_on
 from .errors import RoseMemoryError
 from .facts import check_namespace, make_facts
-from .holding import FORGETTABLE
+from .holding import HELD
 from .progress import stage
 
 
@@ -205,7 +205,7 @@ def cmd_forget(args) -> int:
     try:
         if args.edit_id is not None:
             row = _row_in(ledger, args.edit_id, namespace)
-            if row["status"] not in FORGETTABLE:
+            if row["status"] not in HELD:
                 raise RoseMemoryError(f"edit {args.edit_id} is {row['status']}; only applied edits can be forgotten")
         elif not ledger.rows(status="applied", subject=args.subject.strip(), namespace=namespace):
             raise RoseMemoryError(f"no applied edits about {args.subject!r} in namespace {namespace!r}; "
