@@ -25,6 +25,14 @@ class SleepConfig(BaseModel):
     temperature: float = 0.7
     answer_tokens: int = 20          # longest teacher answer generated
     keep_per_question: int = 2       # distinct kept answers per question
+    # a training question none of whose teacher answers states the fact is answered with the fact's
+    # own sentence ("X plays the cello."), the teacher's distributions along it the target: a fact the
+    # small teacher seldom states in chat is otherwise learnt from its edit form alone
+    sentence_answers: bool = False
+    # the target at each token that spells the object in a kept answer gives the object at least this
+    # share (the teacher's own distribution mixed with it; 0: off): the small teacher often states a fact
+    # it gives 0.01-0.3 to, and a student that only matches it learns the fact as a long shot
+    object_floor: float = Field(0.0, ge=0.0, lt=1.0)
     # student
     rank: int = 1                    # one direction per module: with inputs="trace" every further one moves other people's answers
     layers: list[int] | None = None  # None: blocks at 30-85 % of the depth for "value" (9-25 of 30), the middle third for MLPs

@@ -51,6 +51,30 @@ def sentence_with(answer: str, obj: str) -> str | None:
     return answer[: m.end() + (end.start() + 1 if end else len(answer) - m.end())].rstrip()
 
 
+def object_positions(tok, answer: list[int], obj: str) -> list[int]:
+    """Indexes of the answer tokens that spell the first whole-word `obj` in it (by decoded lengths,
+    so any tokenizer will do); [] if the decoded answer never names it."""
+    text = tok.decode(answer)
+    m = re.search(r"(?<!\w)" + re.escape(obj.strip()) + r"(?!\w)", text, re.IGNORECASE)
+    if m is None:
+        return []
+    ends = [len(tok.decode(answer[: i + 1])) for i in range(len(answer))]
+    return [i for i, (s, e) in enumerate(zip([0, *ends[:-1]], ends)) if s < m.end() and e > m.start()]
+
+
+def raise_object(logprobs: torch.Tensor, answer: list[int], positions: list[int], floor: float) -> None:
+    """In place: at each of `positions`, the teacher's distribution mixed with the answer's own token
+    until that token has at least `floor` of the mass (the rest keeps its proportions)."""
+    for i in positions:
+        p = logprobs[i].exp()
+        have = float(p[answer[i]])
+        if have < floor:
+            mix = (floor - have) / (1.0 - have)
+            p = p * (1.0 - mix)
+            p[answer[i]] += mix
+            logprobs[i] = p.clamp_min(1e-30).log()
+
+
 def _name_intact(answer: str, subject: str) -> bool:
     first = subject.split()[0]
     return first.lower() not in answer.lower() or subject.lower() in answer.lower()
@@ -101,6 +125,7 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
     answers = sample(lm, [chat_prompt(lm, q, system=system) for q, _ in asks], n=cfg.samples,
                      temperature=cfg.temperature, max_new_tokens=cfg.answer_tokens, seed=cfg.seed, greedy_too=True)
     pairs: list[tuple[str, str, str, EditRequest, bool]] = []  # (student prompt, teacher prompt, answer, fact, chat)
+    filled: dict[int, int] = {}  # id(fact) -> questions answered with the fact's own sentence
     for (q, about), texts in zip(asks, answers):
         kept: list[str] = []
         for t in texts:
@@ -112,6 +137,12 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
                     kept.append(cut)
                     pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), cut, r, True))
                     break
+        if not kept and cfg.sentence_answers and len(about) == 1:
+            # the teacher never stated this fact here: the answer is the fact's own sentence, along
+            # which the teacher (who has it in its prompt) gives its distributions all the same
+            r = about[0]
+            pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), f"{r.text} {r.target}.", r, True))
+            filled[id(r)] = filled.get(id(r), 0) + 1
     for r in reqs:  # the edit's own wording, so that the sleep delta alone also completes it
         pairs.append((r.text, facts_preamble(sentences, r.text), f" {r.target}.", r, False))
     # a rendered chat prompt already holds its special tokens
@@ -119,9 +150,13 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
     t_ids = [tok(p[1], add_special_tokens=not p[4])["input_ids"] for p in pairs]
     a_ids = [tok(p[2], add_special_tokens=False)["input_ids"] for p in pairs]
     logps = _logprobs(lm, t_ids, a_ids)
+    if cfg.object_floor > 0:
+        for a, lp, p in zip(a_ids, logps, pairs):
+            raise_object(lp, a, object_positions(tok, a, p[3].target), cfg.object_floor)
     examples = [Example(s, a, lp, "fact", text=p[2]) for s, a, lp, p in zip(s_ids, a_ids, logps, pairs)]
     counts = [{"prompt": r.prompt, "object": r.target,
-               "kept_answers": sum(p[3] is r and p[4] for p in pairs)} for r in reqs]
+               "kept_answers": sum(p[3] is r and p[4] for p in pairs) - filled.get(id(r), 0),
+               "sentence_answers": filled.get(id(r), 0)} for r in reqs]
     return examples, counts
 
 
