@@ -15,10 +15,10 @@ def test_questions_the_teacher_never_answers_get_the_facts_own_sentence(tiny_dir
              FactQuestions(oslo, train=["Which city does Mirela Dunst live in?"])]
     opened = ["Tell me about Mirela Dunst."]
     small = dict(samples=1, answer_tokens=4)
-    plain, counts = teacher_examples(lm, facts, opened, SleepConfig(**small))
+    plain, counts = teacher_examples(lm, facts, opened, SleepConfig(sentence_answers=False, **small))
     assert [c["kept_answers"] for c in counts] == [0, 0] and [c["sentence_answers"] for c in counts] == [0, 0]
     assert len(plain) == 2  # the two edit forms only
-    filled, counts = teacher_examples(lm, facts, opened, SleepConfig(sentence_answers=True, **small))
+    filled, counts = teacher_examples(lm, facts, opened, SleepConfig(**small))  # on by default
     assert [c["sentence_answers"] for c in counts] == [2, 1]  # one per fact question; the open request has no single fact
     chat = [e for e in filled if e.text.startswith("Mirela")]
     assert sorted(e.text for e in chat) == ["Mirela Dunst lives in the city of Oslo."] + ["Mirela Dunst plays the cello."] * 2

@@ -43,3 +43,18 @@ def test_unrelated_prompts_are_held_against_the_delta_times_the_gain(tiny_dir):
         keep[gain] = losses[1]
     assert abs(keep[0.0]) < 1e-5
     assert 0 < keep[1.0] < keep[4.0]
+
+
+def test_the_default_delta_sits_on_mlp_outputs_after_the_wake_edits_layers(tiny_dir):
+    """Keyed to the wake edit's trace, the default reads what the edit changed: blocks from 30 % to 85 %
+    of the depth (the wake edit writes in the first third); a free MLP delta keeps the middle third."""
+    from rose_memory.arch import num_layers
+    from rose_memory.sleep.train import target_modules
+
+    model = load_model(str(tiny_dir)).model
+    n = num_layers(model)
+    paths = target_modules(model, SleepConfig())
+    assert paths and all(p.endswith("mlp.down_proj") for p in paths)
+    assert [int(p.split(".")[-3]) for p in paths] == list(range(int(0.3 * n), int(0.85 * n) + 1))
+    free = target_modules(model, SleepConfig(modules="out", inputs="free"))
+    assert [int(p.split(".")[-3]) for p in free] == list(range(n // 3, 2 * n // 3))

@@ -175,7 +175,7 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     per_fact = [{"prompt": r.prompt, "object": r.target, "stage": "consolidated" if c_ else "wake",
                  "before": {"edit": b["edit"], "held_out": b["held_out"]},
                  "after": {"edit": c["edit"], "held_out": c["held_out"]},
-                 "kept_answers": k["kept_answers"], "answers": c["answers"]}
+                 "kept_answers": k["kept_answers"], "sentence_answers": k["sentence_answers"], "answers": c["answers"]}
                 for r, c_, b, c, k in zip(reqs, consolidated, before, checks, counts)]
     reason = None
     if not keep:

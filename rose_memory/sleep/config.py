@@ -28,17 +28,20 @@ class SleepConfig(BaseModel):
     # a training question none of whose teacher answers states the fact is answered with the fact's
     # own sentence ("X plays the cello."), the teacher's distributions along it the target: a fact the
     # small teacher seldom states in chat is otherwise learnt from its edit form alone
-    sentence_answers: bool = False
+    sentence_answers: bool = True
     # the target at each token that spells the object in a kept answer gives the object at least this
     # share (the teacher's own distribution mixed with it; 0: off): the small teacher often states a fact
     # it gives 0.01-0.3 to, and a student that only matches it learns the fact as a long shot
-    object_floor: float = Field(0.0, ge=0.0, lt=1.0)
+    object_floor: float = Field(0.9, ge=0.0, lt=1.0)
     # student
     rank: int = 1                    # one direction per module: with inputs="trace" every further one moves other people's answers
-    layers: list[int] | None = None  # None: blocks at 30-85 % of the depth for "value" (9-25 of 30), the middle third for MLPs
+    # None: blocks at 30-85 % of the depth (9-25 of 30) for "value", and for "out" keyed to the trace; else the middle third
+    layers: list[int] | None = None
     # "mlp": every linear layer of each block's MLP; "out": its output projection only; "value": the
-    # attention value projection (what carries a subject's information to the positions that ask about it)
-    modules: Literal["mlp", "out", "value"] = "value"
+    # attention value projection (what carries a subject's information to the positions that ask about it).
+    # "out" since 2026-12-02: keyed to the trace, its input is the MLP's gated activation, which the
+    # subject's changed activations drive and other prompts barely share (less leak than "value")
+    modules: Literal["mlp", "out", "value"] = "out"
     # "free": both factors trained (LoRA); "subject": each layer's input factor is fixed to the
     # directions of the subject's questions that unrelated prompts do not use (only the output
     # factor is trained), so other prompts barely move the delta's output

@@ -21,7 +21,9 @@ def _layers(model: torch.nn.Module, cfg: SleepConfig) -> list[int]:
     n = num_layers(model)
     if cfg.layers is not None:
         return cfg.layers
-    if cfg.modules == "value":  # from after the wake edit's layers (RoSE: the first third) to the late blocks
+    # from after the wake edit's layers (RoSE: the first third) to the late blocks: a delta keyed to the
+    # wake edit's trace reads what the edit changed, which only exists after its layers
+    if cfg.modules == "value" or (cfg.modules == "out" and cfg.inputs == "trace"):
         return list(range(int(0.3 * n), int(0.85 * n) + 1))
     return list(range(n // 3, 2 * n // 3))
 
