@@ -2,7 +2,9 @@
 
 Its sampled answers to the transfer questions are kept only where they state the object and
 keep the subject's name whole; each kept answer is cut after the sentence that states it, and
-the teacher's token distributions along it are what the student learns to match.
+the teacher's token distributions along it are what the student learns to match, raised at the
+object's tokens to `object_floor` (the student may end up surer of the fact than the teacher).
+A question the teacher never answers with the fact gets the fact's own sentence (`sentence_answers`).
 Unrelated prompts (other people asked the same questions, generic chat and text) get the
 model's own greedy answers and distributions: the student is held to those.
 """
