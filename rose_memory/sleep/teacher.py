@@ -19,6 +19,7 @@ import torch
 from ..facts import EditRequest
 from ..generate import chat_prompt, facts_preamble, facts_system, generate_ids
 from ..model import LoadedModel
+from ..text import first_mention
 from .config import SleepConfig
 from .people import person_questions
 from .sampling import sample
@@ -46,7 +47,7 @@ class Example:
 
 def sentence_with(answer: str, obj: str) -> str | None:
     """`answer` cut after the sentence that first names `obj` as a whole word; None if it never does."""
-    m = re.search(r"(?<!\w)" + re.escape(obj.strip()) + r"(?!\w)", answer, re.IGNORECASE)
+    m = first_mention(answer, obj)
     if m is None:
         return None
     end = re.search(r"[.!?\n]", answer[m.end():])
@@ -57,7 +58,7 @@ def object_positions(tok, answer: list[int], obj: str) -> list[int]:
     """Indexes of the answer tokens that spell the first whole-word `obj` in it (by decoded lengths,
     so any tokenizer will do); [] if the decoded answer never names it."""
     text = tok.decode(answer)
-    m = re.search(r"(?<!\w)" + re.escape(obj.strip()) + r"(?!\w)", text, re.IGNORECASE)
+    m = first_mention(text, obj)
     if m is None:
         return []
     ends = [len(tok.decode(answer[: i + 1])) for i in range(len(answer))]
