@@ -127,8 +127,8 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
     asks += [(q, reqs) for q in open_requests]
     answers = sample(lm, [chat_prompt(lm, q, system=system) for q, _ in asks], n=cfg.samples,
                      temperature=cfg.temperature, max_new_tokens=cfg.answer_tokens, seed=cfg.seed, greedy_too=True)
-    pairs: list[tuple[str, str, str, EditRequest, bool]] = []  # (student prompt, teacher prompt, answer, fact, chat)
-    filled: dict[int, int] = {}  # id(fact) -> questions answered with the fact's own sentence
+    # (student prompt, teacher prompt, answer, fact, chat, the fact's own sentence standing in for the teacher's)
+    pairs: list[tuple[str, str, str, EditRequest, bool, bool]] = []
     for (q, about), texts in zip(asks, answers):
         kept: list[str] = []
         for t in texts:
@@ -138,16 +138,15 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
                 cut = sentence_with(t, r.target)
                 if cut and cut not in kept and len(kept) < cfg.keep_per_question:
                     kept.append(cut)
-                    pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), cut, r, True))
+                    pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), cut, r, True, False))
                     break
         if not kept and cfg.sentence_answers and len(about) == 1:
             # the teacher never stated this fact here: the answer is the fact's own sentence, along
             # which the teacher (who has it in its prompt) gives its distributions all the same
             r = about[0]
-            pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), f"{r.text} {r.target}.", r, True))
-            filled[id(r)] = filled.get(id(r), 0) + 1
+            pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), f"{r.text} {r.target}.", r, True, True))
     for r in reqs:  # the edit's own wording, so that the sleep delta alone also completes it
-        pairs.append((r.text, facts_preamble(sentences, r.text), f" {r.target}.", r, False))
+        pairs.append((r.text, facts_preamble(sentences, r.text), f" {r.target}.", r, False, False))
     # a rendered chat prompt already holds its special tokens
     s_ids = [tok(p[0], add_special_tokens=not p[4])["input_ids"] for p in pairs]
     t_ids = [tok(p[1], add_special_tokens=not p[4])["input_ids"] for p in pairs]
@@ -158,8 +157,8 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
             raise_object(lp, a, object_positions(tok, a, p[3].target), cfg.object_floor)
     examples = [Example(s, a, lp, "fact", text=p[2]) for s, a, lp, p in zip(s_ids, a_ids, logps, pairs)]
     counts = [{"prompt": r.prompt, "object": r.target,
-               "kept_answers": sum(p[3] is r and p[4] for p in pairs) - filled.get(id(r), 0),
-               "sentence_answers": filled.get(id(r), 0)} for r in reqs]
+               "kept_answers": sum(p[3] is r and p[4] and not p[5] for p in pairs),
+               "sentence_answers": sum(p[3] is r and p[5] for p in pairs)} for r in reqs]
     return examples, counts
 
 
