@@ -423,6 +423,9 @@ def test_rose_then_sleep_in_batch_mode_leaves_the_weights_as_they_were(eval_lm, 
     assert [s["wake_scale"] for s in sleep["steps"]] == [1.0] and sleep["wake_removed"] == 0
     # an untrained delta answers no more held-back questions than the wake edit: refused, and the note says so
     assert not sleep["kept"] and "no more held-back questions" in sleep["reason"]
+    # where the sleep's time went: seconds at the end of each stage, in order
+    assert [x["stage"] for x in sleep["stages"]] == ["gate", "transfer_set", "trained", "delta_scale", "gate"]
+    assert [x["seconds"] for x in sleep["stages"]] == sorted(x["seconds"] for x in sleep["stages"])
     assert any(n.startswith("sleep: 1 sleep(s) of 1 subject(s)") and "0 sleeps kept" in n for n in result.notes)
     params = dict(eval_lm.model.named_parameters())
     assert all(torch.allclose(params[k], w, atol=1e-6) for k, w in weights.items())

@@ -420,8 +420,10 @@ class Runner:
                 delta.apply(self.lm.model)
 
         reqs = subject.requests()
+        stages: list[dict] = []  # seconds since the sleep began at the end of each stage: where a sleep's time goes
         try:
-            out = consolidate_subject(self.lm, reqs, [list(range(len(reqs)))], set_weights, self.sleep_config)
+            out = consolidate_subject(self.lm, reqs, [list(range(len(reqs)))], set_weights, self.sleep_config,
+                                      on_step=lambda kind, data: stages.append({"stage": kind, "seconds": data["seconds"]}))
         except BaseException:
             for d in held.values():
                 if d is not None and d.is_applied:
@@ -429,7 +431,8 @@ class Runner:
             raise
         self._sleeps.append({"subject": subject.name, "seconds": round(out.seconds, 1), "facts": out.facts,
                              "steps": out.steps, "wake_removed": int(out.wake_scales[0] == 0.0),
-                             "kept": out.delta is not None, "reason": out.reason, "canary": out.canary})
+                             "kept": out.delta is not None, "reason": out.reason, "canary": out.canary,
+                             "stages": stages})
         return [d for d in held.values() if d is not None and d.is_applied]
 
     def _sequential(self, method: str, tally: _Tally) -> None:
