@@ -1,7 +1,8 @@
 """ParametricMemory on the real embedded model with real RoSE edits.
 
-One home is written once per module (one RoSE edit); each test works on a copy of it, so the
-whole file costs four edits: the shared one, a supersede, and a write plus a sleep with no training steps.
+One home is written once per module (one RoSE edit); each test works on a copy of it. The policy
+tests write four more times between them, with `CHEAP` settings: they check when a sleep starts,
+not what a write recalls.
 """
 
 import copy
@@ -32,6 +33,13 @@ FACTS = [("lives in the city of", "Warsaw"), ("{}'s favorite color is", "brown")
 # persistence ask the one the write was verified with.
 QUESTION = 'Finish the sentence "Aurelio lives in the city of ..."'
 ANSWER = "warsaw"
+# Writes for the policy tests: few value steps, every write kept, no guard, short checks (on two
+# CPU cores a default write with its checks took about 40 s, and these tests make four).
+CHEAP = {"edit_config": {"v_steps": 3}, "guard": {"enabled": False},
+         "verify": {"min_edit_recall": 0.0, "raw_tokens": 4, "chat_tokens": 8}}
+# A sleep with no training steps (its delta carries nothing, so the gate refuses it), small sets.
+NO_TRAINING = {"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2, "generic_negatives": 2,
+               "scale_steps": [0.0], "canary_names": 2, "delta_scales": [1.0], "answer_tokens": 6, "gate_tokens": 8}
 
 
 @pytest.fixture(scope="module")
@@ -294,9 +302,7 @@ def test_separate_writes_trigger_a_sleep(home, model):
     steps the sleep delta carries nothing, so the gate refuses it and the wake edit stays applied
     (tests/test_sleep.py trains for real)."""
     policy = {"writes_per_subject": 2, "recheck_every": None, "recheck_min_recall": 1.01}  # recheck() always wants a sleep
-    with ParametricMemory(home, model=model, policy=policy, sleep={"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2,
-                                                              "generic_negatives": 2, "scale_steps": [0.0],
-                                                              "canary_names": 2, "delta_scales": [1.0], "answer_tokens": 6, "gate_tokens": 8}) as mem:
+    with ParametricMemory(home, model=model, policy=policy, sleep=NO_TRAINING, **CHEAP) as mem:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             rec = mem.write("Aurelio", [("works as a", "carpenter")])
@@ -325,9 +331,7 @@ def test_the_interval_sleeps_only_subjects_with_new_wake_edits(home, model):
     """`every_n_writes` sleeps the subjects written since their last sleep, not every subject
     with a live wake edit (a wake edit stays beside the sleep delta that reads it)."""
     policy = {"writes_per_subject": None, "every_n_writes": 1, "recheck_every": None}
-    sleep = {"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2, "generic_negatives": 2,
-             "scale_steps": [0.0], "canary_names": 2, "delta_scales": [1.0], "answer_tokens": 6, "gate_tokens": 8}
-    with ParametricMemory(home, model=model, policy=policy, sleep=sleep) as mem:
+    with ParametricMemory(home, model=model, policy=policy, sleep=NO_TRAINING, **CHEAP) as mem:
         mem.write("Liora", [("plays the", "cello")])
         mem.write("Liora", [("works as a", "pilot")])
         slept = [r["subject"] for r in mem.edits() if r["origin"] == "sleep"]
