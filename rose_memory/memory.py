@@ -56,6 +56,12 @@ def _facts_of(reqs: list[EditRequest]) -> list[dict]:
     return [{"prompt": r.prompt, "object": r.target} for r in reqs]
 
 
+def _same_sources(held: tuple, wanted: tuple) -> bool:
+    """Whether a matrix holding `held` deltas already holds `wanted`: same ids and scales, the same
+    Delta objects (compared by identity; the tuples keep them alive, so an id is never reused)."""
+    return len(held) == len(wanted) and all(h[0] == w[0] and h[1] == w[1] and h[2] is w[2] for h, w in zip(held, wanted))
+
+
 class ParametricMemory:
     """A memory whose contents are edits in the weights of `lm`, recorded in `home`.
 
@@ -89,7 +95,7 @@ class ParametricMemory:
         self.ledger: Ledger | None = None
         self.namespace = "default"                    # the namespace whose deltas the weights hold now
         self._base: dict[str, torch.Tensor] = {}      # base value of every matrix we touched
-        self._sources: dict[str, tuple] = {}          # which deltas (id, scale) each matrix holds now
+        self._sources: dict[str, tuple] = {}          # which deltas (id, scale, object) each matrix holds now
         self._sets: dict[str, dict[int, Delta]] = {}  # applied deltas per namespace, ledger order
         self._synced: int | None = None               # the ledger state (Ledger.state) the sets were read at
         self._canaries: dict[tuple, list[list[int]]] = {}
@@ -215,8 +221,10 @@ class ParametricMemory:
         with torch.no_grad():
             for name in set(by_name) | set(self._base):
                 ids = tuple(by_name.get(name, ()))
-                key = tuple((i, scales.get(i, 1.0)) for i in ids)
-                if self._sources.get(name, ()) == key:
+                # the Delta object is part of the key: the sleep stage passes scaled copies of its delta
+                # under one id, and keyed by (id, scale) alone they were skipped as already applied
+                key = tuple((i, scales.get(i, 1.0), deltas[i]) for i in ids)
+                if _same_sources(self._sources.get(name, ()), key):
                     continue
                 w = params[name]
                 if name not in self._base:
