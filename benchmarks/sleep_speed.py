@@ -1,7 +1,8 @@
 """Seconds and peak memory of one sleep (consolidation) of a subject with 3 and with 5 facts.
 
 Each subject is written with RoSE in a fresh memory home (policy off), then `consolidate()`
-runs the sleep stage; the clock covers the sleep only. Peak resident memory is the process's
+runs the sleep stage; the clock covers the sleep only, and each run lists the seconds at the end
+of each of the sleep's stages (from the ledger's notes). Peak resident memory is the process's
 (model included), read before and after the sleep. Subjects and facts are our own.
 
     python benchmarks/sleep_speed.py [--threads N] [--json OUT]
@@ -33,6 +34,12 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def stages(mem: ParametricMemory, edit_id: int) -> list[dict]:
+    """Seconds since the sleep began at the end of each of its stages, from the ledger's notes."""
+    return [{"stage": kind, "seconds": data["seconds"]} for e in mem.ledger.events(edit_id) if e["kind"] == "note"
+            for kind, data in e["data"].items() if isinstance(data, dict) and "seconds" in data]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             sleep_s = time.perf_counter() - t
             run = {"facts": n, "write_s": round(write_s, 1), "sleep_s": round(sleep_s, 1),
                    "peak_rss_mb_before": round(before), "peak_rss_mb_after": round(peak_mb()), "status": rec.status,
-                   "consolidated": sum(f["stage"] == "consolidated" for f in rec.facts)}
+                   "consolidated": sum(f["stage"] == "consolidated" for f in rec.facts), "stages": stages(mem, rec.edit_id)}
             out["runs"].append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)
     if args.json:
