@@ -99,6 +99,24 @@ def test_n_gram_entropy_matches_memit_definition():
 
 # ---- bad input: clear errors naming file and line, before anything runs -----------------------
 
+def test_a_sleep_superseded_by_a_later_write_counts_as_kept():
+    """Sequential mode reads its sleeps from the memory's ledger: a sleep applied and later superseded
+    (a write about the same subject carried its facts into a new wake edit) or consolidated (a later
+    sleep replaced it) ran and was kept; only a failed one was refused."""
+    from rose_memory.eval.runner import ledger_sleeps
+
+    def row(i, origin, status, reason=None, into=None):
+        return {"id": i, "origin": origin, "status": status, "reason": reason, "subject": "A", "consolidated_into": into,
+                "metrics": {"seconds": 1.0, "facts": [{"stage": "wake"}], "steps": []} if origin == "sleep" else {}}
+
+    rows = [row(1, "write", "superseded"), row(2, "sleep", "superseded"), row(3, "write", "consolidated", into=4),
+            row(4, "sleep", "applied"), row(5, "sleep", "failed", reason="refused"), row(6, "sleep", "consolidated")]
+    out = ledger_sleeps(rows)
+    assert [(x["kept"], x["status"]) for x in out] == [(True, "superseded"), (True, "applied"), (False, "failed"),
+                                                      (True, "consolidated")]
+    assert [x["wake_removed"] for x in out] == [0, 1, 0, 0] and out[2]["reason"] == "refused"
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(RoseMemoryError, match="nope.jsonl"):

@@ -37,6 +37,7 @@ from ..editing import edit, warm_up
 from ..editing.config import config_for
 from ..sleep import SleepConfig, consolidate_subject, scaled
 from ..errors import RoseMemoryError
+from ..holding import HELD
 from ..model import LoadedModel
 from . import metrics as M
 from .data import BenchSubject, LocalityItem, fact_sentence, fill
@@ -348,10 +349,12 @@ class Runner:
             secs = [x["seconds"] for x in self._sleeps]
             facts = [f for x in self._sleeps for f in x["facts"]]
             subjects = {x["subject"] for x in self._sleeps}
+            gone = sum(x.get("status") == "superseded" for x in self._sleeps)
+            later = f" ({gone} later superseded by a write about the same subject)" if gone else ""
             tally.notes.append(f"sleep: {len(secs)} sleep(s) of {len(subjects)} subject(s), "
                                f"{sum(secs) / len(secs):.1f} s each (max {max(secs):.1f}); "
                                f"{sum(f['stage'] == 'consolidated' for f in facts)} of {len(facts)} facts passed the "
-                               f"gate alone; {sum(x['kept'] for x in self._sleeps)} sleeps kept; "
+                               f"gate alone; {sum(x['kept'] for x in self._sleeps)} sleeps kept{later}; "
                                f"{sum(x['wake_removed'] for x in self._sleeps)} wake edits removed")
         result = tally.result(spw, self.ppl_before)
         result.sleeps = self._sleeps
@@ -491,13 +494,7 @@ class Runner:
                 live = sum(r["status"] == "applied" for r in rows)
                 tally.notes.append(f"memory: {self._writes} writes, {len(slept)} sleeps "
                                    f"({sum(r['status'] != 'failed' for r in slept)} applied), {live} live edits at the end")
-                for r in slept:
-                    m = r["metrics"] or {}
-                    # "consolidated": kept, then replaced by a later sleep of the same subject
-                    self._sleeps.append({"subject": r["subject"], "seconds": m.get("seconds", 0.0), "facts": m.get("facts", []),
-                                         "kept": r["status"] in ("applied", "consolidated"), "reason": r["reason"],
-                                         "steps": m.get("steps", []), "wake_removed": sum(
-                                             x["consolidated_into"] == r["id"] and x["origin"] != "sleep" for x in rows)})
+                self._sleeps.extend(ledger_sleeps(rows))
         finally:
             bar.close()
             if memory is not None:
@@ -562,6 +559,24 @@ class Runner:
             for i, a in zip(idx, answers):
                 out[i] = a
         return out
+
+
+def ledger_sleeps(rows: list[dict]) -> list[dict]:
+    """The sleeps.json entries of a memory's sleep rows (`rows`: all its ledger rows).
+
+    kept: the sleep was applied when it ran; "consolidated" (replaced by a later sleep of the
+    subject) and "superseded" (a later write of the subject carried its facts into a new wake
+    edit) rows were, so they count as kept and `status` says what became of them."""
+    out = []
+    for r in rows:
+        if r["origin"] != "sleep":
+            continue
+        m = r["metrics"] or {}
+        out.append({"subject": r["subject"], "seconds": m.get("seconds", 0.0), "facts": m.get("facts", []),
+                    "kept": r["status"] in HELD, "status": r["status"], "reason": r["reason"],
+                    "steps": m.get("steps", []),
+                    "wake_removed": sum(x["consolidated_into"] == r["id"] and x["origin"] != "sleep" for x in rows)})
+    return out
 
 
 def run_eval(
