@@ -98,8 +98,12 @@ def sleep_subject(mem: "ParametricMemory", namespace: str, subject: str, rows: l
             reqs[i].prompt for g, r in zip(groups, wake) for i in g}
         lost = [f["prompt"] for f in out.facts if f["stage"] != "consolidated" and f["prompt"] in carried_only_by_sleep]
         reason = None
+        partial = sorted({s for s in out.wake_scales if s not in (0.0, 1.0)})
         if out.delta is None:
             reason = out.reason
+        elif partial:  # a kept wake edit is applied whole: a partly scaled one would be applied at the wrong strength
+            reason = (f"the sleep left wake edits at scale {partial}; the memory keeps a wake edit whole or removes it "
+                      f"(student_wake < 1 with inputs='trace', or scale_steps without 0, are measured by the batch eval only)")
         elif lost:
             reason = f"the new sleep delta would lose {lost}, which only the earlier one carries"
         elif mem.config.policy.keep_if_worse and (recall_after["edit"] + recall_after["held_out"]

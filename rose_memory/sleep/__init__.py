@@ -143,10 +143,11 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     bar.update(1)
     stage("gate")
     steps, gates = [], {}
-    # a delta keyed to the wake edit's trace is silent without the wake edit (held-back 0.0 at wake
-    # scales 0.5 and 0 on all 6 subjects of a seed-1 eval, 2026-12-01): stepping it down only costs two gates
-    outs = [] if cfg.inputs == "trace" else cfg.scale_steps
-    for s in [1.0, *outs]:
+    # a delta keyed to the wake edit's trace reads it at the strength it was trained with (held-back 0.0
+    # at wake scales 0.5 and 0 after training at 1, all 6 subjects of a seed-1 eval, 2026-12-01): it is
+    # gated there and the wake edits stay at `student_wake`; other deltas step the wake edits down
+    keyed = cfg.inputs == "trace"
+    for s in [cfg.student_wake] if keyed else [1.0, *cfg.scale_steps]:
         set_weights([s] * len(wake_groups), delta)
         gates[s] = check_facts(lm, facts, cfg)
         steps.append({"wake_scale": s, "sleep_delta": True, **_summary(gates[s])})
@@ -154,7 +155,7 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     bar.update(1)
     low = min(gates)
     # a wake edit goes when the sleep delta alone carries all its facts; otherwise it stays whole
-    final = [low if all(gates[low][i]["passed"] for i in g) else 1.0 for g in wake_groups]
+    final = [low if keyed or all(gates[low][i]["passed"] for i in g) else 1.0 for g in wake_groups]
     if len(set(final)) <= 1 and (final[0] if final else low) in gates:
         checks = gates[final[0] if final else low]
     else:
@@ -163,8 +164,8 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
         steps.append({"wake_scale": final, "sleep_delta": True, **_summary(checks)})
         note("gate", steps[-1])
     # a fact is consolidated when the sleep delta alone carries it, even if its wake edit stays for another
-    # fact; with inputs="trace" none is (the delta reads the wake edit), and the gate at scale 1 decides the keep
-    consolidated = [gates[low][i]["passed"] and low < 1.0 for i in range(len(facts))]
+    # fact; with inputs="trace" none is (the delta reads the wake edit), and the gate at student_wake decides the keep
+    consolidated = [gates[low][i]["passed"] and low == 0.0 and not keyed for i in range(len(facts))]
     # kept when it carries a fact alone or answers more held-back questions than the wake edits did
     keep = any(consolidated) or _summary(checks)["held_out"] > _summary(before)["held_out"]
     keep = keep and (canary_ok or not cfg.canary_refuse)  # never a sleep that moves other people's answers

@@ -56,7 +56,9 @@ class SleepConfig(BaseModel):
     null_names: int = 64             # "subject": other people whose questions estimate those directions (with the unrelated prompts)
     # wake scale the student trains on: 1.0 trains the question pathway to read the fact the
     # wake edit wrote into the subject (the wake edit is then usually kept); 0.0 trains the
-    # sleep delta to carry the fact alone (so the wake edit can be removed)
+    # sleep delta to carry the fact alone (so the wake edit can be removed). With inputs="trace"
+    # the delta is gated at this scale and the wake edits stay at it (below 1: batch eval only;
+    # the memory keeps a wake edit whole or removes it and refuses such a sleep)
     student_wake: float = 1.0
     lr: float = 5e-2
     steps: int = 48
