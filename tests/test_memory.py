@@ -1,8 +1,7 @@
 """ParametricMemory on the real embedded model with real RoSE edits.
 
-One home is written once per module (one RoSE edit); each test works on a copy of it. The policy
-tests write four more times between them, with `CHEAP` settings: they check when a sleep starts,
-not what a write recalls.
+One home is written once per module (one RoSE edit); each test works on a copy of it. When the
+policy starts a sleep is tested on the tiny model (tests/test_policy.py).
 """
 
 import copy
@@ -13,13 +12,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import pytest
 import torch
 
 from rose_memory.cli import main as cli
-from rose_memory.consolidation import recheck
 from rose_memory.errors import RoseMemoryError
 from rose_memory.memory import ParametricMemory
 from rose_memory.model import load_cached
@@ -33,13 +30,6 @@ FACTS = [("lives in the city of", "Warsaw"), ("{}'s favorite color is", "brown")
 # persistence ask the one the write was verified with.
 QUESTION = 'Finish the sentence "Aurelio lives in the city of ..."'
 ANSWER = "warsaw"
-# Writes for the policy tests: few value steps, every write kept, no guard, short checks (on two
-# CPU cores a default write with its checks took about 40 s, and these tests make four).
-CHEAP = {"edit_config": {"v_steps": 3}, "guard": {"enabled": False},
-         "verify": {"min_edit_recall": 0.0, "raw_tokens": 4, "chat_tokens": 8}}
-# A sleep with no training steps (its delta carries nothing, so the gate refuses it), small sets.
-NO_TRAINING = {"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2, "generic_negatives": 2,
-               "scale_steps": [0.0], "canary_names": 2, "delta_scales": [1.0], "answer_tokens": 6, "gate_tokens": 8}
 
 
 @pytest.fixture(scope="module")
@@ -297,43 +287,3 @@ def test_lora_export_reproduces_the_edited_logits(home, model, tmp_path):
         assert torch.allclose(merged(ids).logits, want, atol=1e-5)
 
 
-def test_separate_writes_trigger_a_sleep(home, model):
-    """The policy sleeps a subject written this many times since its last sleep. With no training
-    steps the sleep delta carries nothing, so the gate refuses it and the wake edit stays applied
-    (tests/test_sleep.py trains for real)."""
-    policy = {"writes_per_subject": 2, "recheck_every": None, "recheck_min_recall": 1.01}  # recheck() always wants a sleep
-    with ParametricMemory(home, model=model, policy=policy, sleep=NO_TRAINING, **CHEAP) as mem:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            rec = mem.write("Aurelio", [("works as a", "carpenter")])
-        assert not [w for w in caught if "consolidation" in str(w.message)]  # failures would warn
-        assert rec.status == "applied" and rec.superseded == [1] and rec.consolidated_into is None  # the edit carries 1's facts
-        rows = {r["id"]: r for r in mem.edits()}
-        (sleep,) = [r for r in rows.values() if r["origin"] == "sleep"]
-        assert {f["object"] for f in sleep["facts"]} == {"Warsaw", "brown", "carpenter"}
-        assert sleep["status"] == "failed" and "no more held-back questions" in sleep["reason"]
-        assert [f["stage"] for f in sleep["metrics"]["facts"]] == ["wake"] * 3
-        assert list(mem.live) == [rec.edit_id]
-        assert mem.verify() == []
-        # refused with nothing new since: the re-verification notes it and does not sleep it again
-        recheck(mem)
-        assert sum(r["origin"] == "sleep" for r in mem.edits()) == 1
-        notes = [e["data"]["recheck"] for e in mem.ledger.events(rec.edit_id) if "recheck" in e["data"]]
-        assert notes and notes[-1]["sleep"].startswith("skipped")
-        # slept on (refused): one more write is one new wake edit, under the 2 that start a sleep
-        mem.write("Aurelio", [("has a pet", "ferret")])
-        assert sum(r["origin"] == "sleep" for r in mem.edits()) == 1
-        recheck(mem)  # something new: the re-verification tries again
-        assert sum(r["origin"] == "sleep" for r in mem.edits()) == 2
-
-
-def test_the_interval_sleeps_only_subjects_with_new_wake_edits(home, model):
-    """`every_n_writes` sleeps the subjects written since their last sleep, not every subject
-    with a live wake edit (a wake edit stays beside the sleep delta that reads it)."""
-    policy = {"writes_per_subject": None, "every_n_writes": 1, "recheck_every": None}
-    with ParametricMemory(home, model=model, policy=policy, sleep=NO_TRAINING, **CHEAP) as mem:
-        mem.write("Liora", [("plays the", "cello")])
-        mem.write("Liora", [("works as a", "pilot")])
-        slept = [r["subject"] for r in mem.edits() if r["origin"] == "sleep"]
-    # the first write sleeps both subjects (Aurelio's edit predates any sleep); the second only Liora
-    assert sorted(slept) == ["Aurelio", "Liora", "Liora"]
