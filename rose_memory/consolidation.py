@@ -37,8 +37,11 @@ class ConsolidationPolicy(BaseModel):
     every_n_writes: int | None = 20            # applied writes since the last sleep: sleep every subject with new wake edits
     # a subject written this many times since its last sleep sleeps (counted in writes, not live edits:
     # a write carries the subject's earlier facts into its own edit, so a subject has one live wake edit);
-    # `max_live_edits_per_subject`, its name until 2026-12-01, is still read
-    writes_per_subject: int | None = Field(3, validation_alias=AliasChoices("writes_per_subject", "max_live_edits_per_subject"))
+    # `max_live_edits_per_subject`, its name until 2026-12-01, is still read. Off since 2026-12-02: the
+    # subject's next write supersedes the sleep delta (its facts go into a new wake edit) and the sleep
+    # resets the every_n_writes count, so with 3, writing the dev split's facts one at a time slept 20 times
+    # and left 7 of 20 subjects with a live sleep delta; off, 23 sleeps left 19 (benchmarks/policy_schedule.py)
+    writes_per_subject: int | None = Field(None, validation_alias=AliasChoices("writes_per_subject", "max_live_edits_per_subject"))
     recheck_every: int | None = 10             # re-verify live edits every this many writes ...
     recheck_min_recall: float = 0.5            # ... and sleep subjects whose edit-form recall fell below this
     recheck_max_subjects: int = 10             # most recent subjects re-verified per check

@@ -63,3 +63,27 @@ def test_the_interval_sleeps_only_subjects_with_new_wake_edits(tmp_path, tiny_di
         slept = [r["subject"] for r in mem.edits() if r["origin"] == "sleep"]
     # the first write sleeps both subjects (Aurelio's edit predates any sleep); the second only Liora
     assert sorted(slept) == ["Aurelio", "Liora", "Liora"]
+
+
+def test_by_default_a_subjects_later_writes_do_not_leave_it_without_a_sleep():
+    """Facts written one at a time (the eval's sequential mode), every sleep kept: a per-subject
+    trigger at 3 writes sleeps each 4-fact subject at its third write, its fourth write supersedes that
+    sleep, and the sleep reset the interval count, so no subject ends slept; the default (interval
+    only) leaves the subjects written before the last interval slept (benchmarks/policy_schedule.py)."""
+    import sys
+    from pathlib import Path
+
+    from rose_memory.consolidation import ConsolidationPolicy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from policy_schedule import schedule
+
+    assert ConsolidationPolicy().writes_per_subject is None
+    subjects = [(n, [("lives in the city of", c), ("works as a", j), ("has a pet", p), ("plays the", i)])
+                for n, c, j, p, i in [("Odile Marsh", "Lyon", "baker", "ferret", "cello"),
+                                      ("Tarek Lund", "Oslo", "pilot", "parrot", "flute"),
+                                      ("Wren Castell", "Quito", "dentist", "turtle", "harp")]]
+    per_subject = schedule(subjects, {"every_n_writes": 5, "writes_per_subject": 3})
+    assert per_subject["sleeps"] == 3 and per_subject["status"] == {"superseded": 3} and per_subject["ending_slept"] == 0
+    interval = schedule(subjects, {"every_n_writes": 5})
+    assert interval["ending_slept"] == 2 and interval["ending_awake"] == ["Wren Castell"]
