@@ -17,9 +17,12 @@ import sys
 import tempfile
 
 import torch
+from pydantic import ValidationError
 
 import rose_memory.consolidation as C
 from rose_memory.editing.delta import Delta
+from rose_memory.errors import RoseMemoryError
+from rose_memory.eval.cli import _pairs
 from rose_memory.eval.data import load_benchmark
 from rose_memory.memory import ParametricMemory
 from rose_memory.sleep import SleepOutcome
@@ -66,13 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a ConsolidationPolicy field (JSON value), e.g. --set writes_per_subject=3")
     args = ap.parse_args(argv)
-    policy = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set needs KEY=VALUE, got {item!r}")
-        policy[key] = json.loads(value)
-    C.ConsolidationPolicy.model_validate(policy)  # a misspelt field fails here, before any write
+    try:  # the eval's KEY=VALUE reader (JSON values, bare words strings); a misspelt field fails before any write
+        policy = _pairs(args.set, "--set", "writes_per_subject=3")
+        C.ConsolidationPolicy.model_validate(policy)
+    except (RoseMemoryError, ValidationError) as err:
+        ap.error(str(err))
     subjects = [(s.name, [(f.prompt, f.target) for f in s.facts]) for s in load_benchmark(args.data)]
     print(json.dumps(schedule(subjects, policy), indent=2))
     return 0

@@ -97,8 +97,6 @@ def test_n_gram_entropy_matches_memit_definition():
     assert M.fluency_ratio([repeated], [varied]) < 1.0
 
 
-# ---- bad input: clear errors naming file and line, before anything runs -----------------------
-
 def test_a_sleep_superseded_by_a_later_write_counts_as_kept():
     """Sequential mode reads its sleeps from the memory's ledger: a sleep applied and later superseded
     (a write about the same subject carried its facts into a new wake edit) or consolidated (a later
@@ -116,6 +114,8 @@ def test_a_sleep_superseded_by_a_later_write_counts_as_kept():
                                                       (True, "consolidated")]
     assert [x["wake_removed"] for x in out] == [0, 1, 0, 0] and out[2]["reason"] == "refused"
 
+
+# ---- bad input: clear errors naming file and line, before anything runs -----------------------
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.jsonl"
