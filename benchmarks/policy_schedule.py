@@ -22,7 +22,7 @@ from pydantic import ValidationError
 import rose_memory.consolidation as C
 from rose_memory.editing.delta import Delta
 from rose_memory.errors import RoseMemoryError
-from rose_memory.eval.cli import _pairs
+from rose_memory.eval.cli import parse_pairs
 from rose_memory.eval.data import load_benchmark
 from rose_memory.memory import ParametricMemory
 from rose_memory.sleep import SleepOutcome
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a ConsolidationPolicy field (JSON value), e.g. --set writes_per_subject=3")
     args = ap.parse_args(argv)
     try:  # the eval's KEY=VALUE reader (JSON values, bare words strings); a misspelt field fails before any write
-        policy = _pairs(args.set, "--set", "writes_per_subject=3")
+        policy = parse_pairs(args.set, "--set", "writes_per_subject=3")
         C.ConsolidationPolicy.model_validate(policy)
     except (RoseMemoryError, ValidationError) as err:
         ap.error(str(err))

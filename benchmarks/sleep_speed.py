@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from rose_memory.consolidation import sleep_stages
 from rose_memory.memory import ParametricMemory
 from rose_memory.model import load_cached
 
@@ -32,12 +33,6 @@ SUBJECTS = {
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def stages(mem: ParametricMemory, edit_id: int) -> list[dict]:
-    """Seconds since the sleep began at the end of each of its stages, from the ledger's notes."""
-    return [{"stage": kind, "seconds": data["seconds"]} for e in mem.ledger.events(edit_id) if e["kind"] == "note"
-            for kind, data in e["data"].items() if isinstance(data, dict) and "seconds" in data]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             sleep_s = time.perf_counter() - t
             run = {"facts": n, "write_s": round(write_s, 1), "sleep_s": round(sleep_s, 1),
                    "peak_rss_mb_before": round(before), "peak_rss_mb_after": round(peak_mb()), "status": rec.status,
-                   "consolidated": sum(f["stage"] == "consolidated" for f in rec.facts), "stages": stages(mem, rec.edit_id)}
+                   "consolidated": sum(f["stage"] == "consolidated" for f in rec.facts), "stages": sleep_stages(mem.ledger.events(rec.edit_id))}
             out["runs"].append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)
     if args.json:

@@ -62,6 +62,13 @@ class ConsolidationRecord(BaseModel):
     reason: str | None = None
 
 
+def sleep_stages(events: list[dict]) -> list[dict]:
+    """Where a sleep's time went: seconds since it began at the end of each stage, read from
+    the note events `sleep_subject` writes on its row (`mem.ledger.events(row_id)`)."""
+    return [{"stage": kind, "seconds": data["seconds"]} for e in events if e["kind"] == "note"
+            for kind, data in e["data"].items() if isinstance(data, dict) and "seconds" in data]
+
+
 def _facts(rows: list[dict]) -> dict[str, dict]:
     return {f["prompt"]: f for r in rows for f in r["facts"]}  # a later edit wins a relation
 

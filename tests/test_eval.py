@@ -113,6 +113,15 @@ def test_a_sleep_superseded_by_a_later_write_counts_as_kept():
     assert [(x["kept"], x["status"]) for x in out] == [(True, "superseded"), (True, "applied"), (False, "failed"),
                                                       (True, "consolidated")]
     assert [x["wake_removed"] for x in out] == [0, 1, 0, 0] and out[2]["reason"] == "refused"
+    assert all(x["stages"] == [] for x in out)  # no ledger events given
+
+    # with the ledger's events: each sleep's stage timings, from its own note events only
+    events = {2: [{"kind": "pending", "data": {}}, {"kind": "note", "data": {"questions": {"n": 9, "seconds": 4.5}}},
+                  {"kind": "note", "data": {"training": {"loss": [1.0], "seconds": 90.0}}},
+                  {"kind": "note", "data": {"recheck": {"edit": 1.0}}}]}
+    out = ledger_sleeps(rows, lambda i: events.get(i, []))
+    assert out[0]["stages"] == [{"stage": "questions", "seconds": 4.5}, {"stage": "training", "seconds": 90.0}]
+    assert out[1]["stages"] == []
 
 
 # ---- bad input: clear errors naming file and line, before anything runs -----------------------

@@ -69,7 +69,9 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _pairs(items: list[str], flag: str, example: str) -> dict:
+def parse_pairs(items: list[str], flag: str, example: str) -> dict:
+    """KEY=VALUE flags -> {key: value}; a value is JSON, or a bare word taken as a string; a repeated
+    or malformed pair is a RoseMemoryError naming `flag` with `example`."""
     out: dict = {}
     for item in items:
         key, eq, raw = item.partition("=")
@@ -91,7 +93,7 @@ def parse_sleep_settings(items: list[str]) -> dict:
 
     from ..sleep.config import SleepConfig
 
-    out = _pairs(items, "--sleep-set", "steps=20")
+    out = parse_pairs(items, "--sleep-set", "steps=20")
     try:
         SleepConfig.model_validate(out)
     except ValidationError as err:
@@ -102,7 +104,7 @@ def parse_sleep_settings(items: list[str]) -> dict:
 
 def parse_settings(items: list[str]) -> dict:
     """['stage_steps=8', 'layers=[4,5]'] -> {'stage_steps': 8, 'layers': [4, 5]}."""
-    out = _pairs(items, "--set", "stage_steps=8")
+    out = parse_pairs(items, "--set", "stage_steps=8")
     if out:  # names, types and bounds now; layers against the model's depth once it is loaded
         from ..editing.config import validated
 

@@ -36,6 +36,7 @@ from ..editing import METHODS as EDIT_METHODS
 from ..editing import edit, warm_up
 from ..editing.config import config_for
 from ..sleep import SleepConfig, consolidate_subject, scaled
+from ..consolidation import sleep_stages
 from ..errors import RoseMemoryError
 from ..holding import HELD
 from ..model import LoadedModel
@@ -494,7 +495,7 @@ class Runner:
                 live = sum(r["status"] == "applied" for r in rows)
                 tally.notes.append(f"memory: {self._writes} writes, {len(slept)} sleeps "
                                    f"({sum(r['status'] != 'failed' for r in slept)} applied), {live} live edits at the end")
-                self._sleeps.extend(ledger_sleeps(rows))
+                self._sleeps.extend(ledger_sleeps(rows, memory.ledger.events))
         finally:
             bar.close()
             if memory is not None:
@@ -561,8 +562,9 @@ class Runner:
         return out
 
 
-def ledger_sleeps(rows: list[dict]) -> list[dict]:
-    """The sleeps.json entries of a memory's sleep rows (`rows`: all its ledger rows).
+def ledger_sleeps(rows: list[dict], events_of: Callable[[int], list[dict]] | None = None) -> list[dict]:
+    """The sleeps.json entries of a memory's sleep rows (`rows`: all its ledger rows; `events_of`,
+    the ledger's `events`, gives each entry the `stages` batch mode reports).
 
     kept: the sleep was applied when it ran; "consolidated" (replaced by a later sleep of the
     subject) and "superseded" (a later write of the subject carried its facts into a new wake
@@ -575,7 +577,8 @@ def ledger_sleeps(rows: list[dict]) -> list[dict]:
         out.append({"subject": r["subject"], "seconds": m.get("seconds", 0.0), "facts": m.get("facts", []),
                     "kept": r["status"] in HELD, "status": r["status"], "reason": r["reason"],
                     "steps": m.get("steps", []),
-                    "wake_removed": sum(x["consolidated_into"] == r["id"] and x["origin"] != "sleep" for x in rows)})
+                    "wake_removed": sum(x["consolidated_into"] == r["id"] and x["origin"] != "sleep" for x in rows),
+                    "stages": sleep_stages(events_of(r["id"])) if events_of is not None else []})
     return out
 
 
