@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rose_memory.arch import get_module
 from rose_memory.editing import edit
 from rose_memory.editing.stats import second_moments
 from rose_memory.errors import RoseMemoryError
@@ -114,3 +115,24 @@ def test_teacher_forcing_in_padded_batches_matches_one_row_at_a_time(tiny_dir):
         (alone,) = _logprobs(lm, [p], [a], chunk=1)
         assert got.shape == (len(a), alone.shape[1])
         torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_module_inputs_are_those_of_the_full_forward(tiny_dir):
+    """`_inputs` runs the body only and stops after the last module it reads: what it returns is
+    what each module sees in the whole model's forward, and it leaves no hook behind."""
+    lm = load_model(str(tiny_dir))
+    pad = lm.tokenizer.pad_token_id
+    paths = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.v_proj", "model.layers.1.mlp.up_proj"]
+    rows = _examples(lm, ["Where does Aurelio Brandt live?", "Tell me a joke.", "What is the capital of France?"])
+    seen = {p: [] for p in paths}
+    hooks = [get_module(lm.model, p).register_forward_hook(lambda m, i, o, p=p: seen[p].append(i[0].detach()))
+             for p in paths]
+    with torch.no_grad():
+        for e in rows:  # one at a time: no padding
+            lm.model(input_ids=torch.tensor([e.prompt]))
+    for h in hooks:
+        h.remove()
+    got = _inputs(lm.model, paths, rows, True, pad, lm.device)
+    for p in paths:
+        assert torch.allclose(got[p], torch.cat([x[0] for x in seen[p]]).float(), atol=1e-5), p
+    assert all(not get_module(lm.model, p)._forward_hooks for p in paths)
