@@ -11,9 +11,10 @@ import torch
 from ..arch import get_module, num_layers, spec_for
 from ..errors import RoseMemoryError
 from ..editing.delta import Delta
+from ..editing.hooks import stop_after_block
 from ..model import LoadedModel
 from .config import SleepConfig
-from .prefix import Hidden, _Stop, block_of, cached_forward
+from .prefix import Hidden, block_of, cached_forward
 from .teacher import Example, body_and_pad, right_padded
 
 
@@ -94,20 +95,17 @@ def _kl(hidden: Hidden, head, examples: list[Example], device, per_sequence: boo
 def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool, pad: int, device,
             positions: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """Each module's input vectors [n, d_in] over the examples' tokens (prompt tokens only if asked;
-    only `positions[i]` of example i if given). The forward runs the model's body only and stops once
-    every module has given its inputs: the blocks above the last one and the output head (a 49k-word
-    vocabulary on the embedded model) would be computed for nothing."""
+    only `positions[i]` of example i if given). The forward runs the model's body only and stops after
+    the deepest module's block (`stop_after_block`): the blocks above it and the output head (a
+    49k-word vocabulary on the embedded model) would be computed for nothing."""
     out: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
     keep = None
-    seen: set[str] = set()
 
     def grab(p, inputs):
         out[p].append(inputs[0].detach()[keep].float().cpu())
-        seen.add(p)
-        if len(seen) == len(paths):
-            raise _Stop
 
     body = getattr(model, "base_model", model)
+    last = max(block_of(model, p) for p in paths)
     hooks = [get_module(model, p).register_forward_hook(lambda m, i, o, p=p: grab(p, i)) for p in paths]
     try:
         with torch.no_grad():
@@ -123,11 +121,8 @@ def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool,
                     for i, pos in enumerate(positions[start:start + 16]):
                         chosen[i, pos] = True
                     keep &= chosen
-                seen.clear()
-                try:
+                with stop_after_block(model, last):
                     body(input_ids=ids, attention_mask=mask)
-                except _Stop:
-                    pass
     finally:
         for h in hooks:
             h.remove()
