@@ -50,3 +50,42 @@ def test_a_sleep_that_moves_nothing_keeps_every_canary_answer_even_where_the_wak
     out = consolidate_subject(lm, reqs, [[0]], set_weights, cfg)
     assert out.canary == [{"scale": 1.0, "canary_same": 1.0}]
     set_weights([0.0], None)
+
+
+def test_held_to_the_answers_before_the_wake_edit_the_canary_passes_what_the_wake_edit_alone_keeps(tiny_dir):
+    """keep_reference="before_wake": the canary compares with the model before the wake edit, so it
+    reports what the wake edit alone keeps (delta scale 0) and passes a sleep delta that keeps as many."""
+    torch.manual_seed(0)
+    lm = load_model(str(tiny_dir))
+    reqs = [EditRequest(subject="Aurelio Brandt", prompt="{} lives in the city of", target="Warsaw")]
+    name = spec_for(lm.model).mlp_out_weight(0)
+    w = dict(lm.model.named_parameters())[name]
+    gen = torch.Generator().manual_seed(1)
+    wake = Delta(factors={name:
+                          (torch.randn(w.shape[0], 4, generator=gen), torch.randn(w.shape[1], 4, generator=gen))}, method="test")
+    held = []
+
+    def set_weights(scales, delta):
+        while held:
+            held.pop().revert(lm.model)
+        if scales and scales[0]:
+            held.append(scaled(wake, scales[0]).apply(lm.model))
+        if delta is not None:
+            held.append(delta.apply(lm.model))
+
+    cfg = SleepConfig(**SMALL, keep_reference="before_wake")
+    facts, _ = transfer_set(lm, reqs, cfg)
+    canary = canary_prompts(lm, facts, made_up_names(cfg.other_names + cfg.canary_names, cfg.seed,
+                                                      avoid=reqs[0].subject)[cfg.other_names:], cfg)
+    before = generate_ids(lm, canary, max_new_tokens=8)
+    set_weights([1.0], None)
+    after_wake = generate_ids(lm, canary, max_new_tokens=8)
+    set_weights([0.0], None)
+    kept = round(sum(a == b for a, b in zip(before, after_wake)) / len(canary), 3)
+    assert kept < 1.0                                               # the wake edit alone moves canary answers
+
+    out = consolidate_subject(lm, reqs, [[0]], set_weights, cfg)
+    assert out.canary == [{"scale": 0.0, "canary_same": kept, "wake_alone": True},
+                          {"scale": 1.0, "canary_same": kept}]
+    assert "people it never saw" not in (out.reason or "")          # a zero delta moves nothing beyond the wake edit
+    set_weights([0.0], None)

@@ -60,9 +60,15 @@ def _summary(checks: list[dict]) -> dict:
 CANARY_TOKENS = 8  # what the benchmark's locality compares
 
 
+def _kept(ref: list[list[int]], answers: list[list[int]]) -> float:
+    """Share of answers whose first CANARY_TOKENS tokens are those of `ref`."""
+    same = [a[:CANARY_TOKENS] == b[:CANARY_TOKENS] for a, b in zip(ref, answers)]
+    return sum(same) / max(len(same), 1)
+
+
 def _canary_scale(lm: LoadedModel, delta: Delta, canary: list[list[int]], ref: list[list[int]], set_weights: SetWeights,
-                  n_wake: int, cfg: SleepConfig) -> tuple[Delta, list[dict]]:
-    """The sleep delta at the largest of `cfg.delta_scales` that keeps `cfg.canary_min` of the
+                  n_wake: int, cfg: SleepConfig, canary_min: float) -> tuple[Delta, list[dict]]:
+    """The sleep delta at the largest of `cfg.delta_scales` that keeps `canary_min` of the
     canary answers (wake edits at `cfg.student_wake`); the smallest scale if none does (and the
     sleep is then refused unless `cfg.canary_refuse` is off). Why: the KL holds the
     prompts it trains on, but answers about people it never saw move more, and a scaled-down
@@ -73,10 +79,9 @@ def _canary_scale(lm: LoadedModel, delta: Delta, canary: list[list[int]], ref: l
         chosen = scaled(delta, s) if s != 1.0 else delta
         chosen.meta["scale"] = s
         set_weights([cfg.student_wake] * n_wake, chosen)
-        same = [a[:CANARY_TOKENS] == b[:CANARY_TOKENS] for a, b in zip(ref, generate_ids(lm, canary, max_new_tokens=CANARY_TOKENS))]
-        share = sum(same) / max(len(same), 1)
+        share = _kept(ref, generate_ids(lm, canary, max_new_tokens=CANARY_TOKENS))
         checks.append({"scale": s, "canary_same": round(share, 3)})
-        if share >= cfg.canary_min:
+        if share >= canary_min:
             break
     return chosen, checks
 
@@ -118,10 +123,18 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     # unrelated prompts and the canary are held to what the memory answers now (the wake edits as the
     # student sees them, no sleep delta): the sleep is judged on what it moves, and a student held to
     # the answers before the wake edit learns to undo the edit's own side effects, a broad change
-    set_weights([cfg.student_wake] * len(wake_groups), None)
+    # (measured with free input factors; keep_reference="before_wake" asks it of a trace-keyed delta)
+    wake = [cfg.student_wake] * len(wake_groups)
+    set_weights(zeros if cfg.keep_reference == "before_wake" else wake, None)
     unrelated = unrelated_examples(lm, facts, people[: cfg.other_names], cfg)
     canary = canary_prompts(lm, facts, people[cfg.other_names:], cfg)
     canary_ref = generate_ids(lm, canary, max_new_tokens=CANARY_TOKENS)
+    canary_min, wake_alone = cfg.canary_min, []
+    if cfg.keep_reference == "before_wake":
+        set_weights(wake, None)
+        wake_kept = _kept(canary_ref, generate_ids(lm, canary, max_new_tokens=CANARY_TOKENS))
+        canary_min = min(canary_min, wake_kept)  # no further from the model before the write than the write alone
+        wake_alone = [{"scale": 0.0, "canary_same": round(wake_kept, 3), "wake_alone": True}]
     note("transfer_set", {"questions": [{"prompt": f.request.prompt, "train": f.train, "held_out": f.held} for f in facts],
                           "open_requests": open_requests, "kept": counts, "unrelated": len(unrelated)})
     bar.update(1)
@@ -137,9 +150,11 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
                         set_wake=lambda scale: set_weights([scale] * len(wake_groups), None))
     note("trained", {"steps": cfg.steps, "fact_loss": [losses[0][0], losses[-1][0]] if losses else [],
                      "keep_loss": [losses[0][1], losses[-1][1]] if losses else []})
-    delta, scale_checks = _canary_scale(lm, delta, canary, canary_ref, set_weights, len(wake_groups), cfg)
-    canary_ok = scale_checks[-1]["canary_same"] >= cfg.canary_min
-    note("delta_scale", {"scale": delta.meta.get("scale", 1.0), "canary": scale_checks, "canary_ok": canary_ok})
+    delta, scale_checks = _canary_scale(lm, delta, canary, canary_ref, set_weights, len(wake_groups), cfg, canary_min)
+    canary_ok = scale_checks[-1]["canary_same"] >= canary_min
+    scale_checks = wake_alone + scale_checks  # with keep_reference="before_wake": the wake edits alone first (delta scale 0)
+    note("delta_scale", {"scale": delta.meta.get("scale", 1.0), "canary": scale_checks, "canary_ok": canary_ok,
+                         "canary_min": round(canary_min, 3)})
     bar.update(1)
     stage("gate")
     steps, gates = [], {}
@@ -181,7 +196,7 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     reason = None
     if not keep:
         final = [1.0] * len(wake_groups)
-        reason = (f"at every scale the sleep delta changed more than {1 - cfg.canary_min:.0%} of the answers about "
+        reason = (f"at every scale the sleep delta changed more than {1 - canary_min:.0%} of the answers about "
                   f"people it never saw; the wake edits stay as they were" if not canary_ok and cfg.canary_refuse
                   else f"the sleep delta answered no more held-back questions than the wake edits did "
                   f"({_summary(checks)['held_out']:.2f} against {_summary(before)['held_out']:.2f}) and carries no "

@@ -82,6 +82,12 @@ class SleepConfig(BaseModel):
     canary_min: float = Field(0.95, ge=0.0, le=1.0)
     delta_scales: list[float] = Field(default_factory=lambda: [1.0, 0.75, 0.5, 0.35], min_length=1)
     canary_refuse: bool = True       # refuse the sleep when no scale keeps canary_min (the wake edits stay as they were)
+    # what the unrelated prompts and the canary are held to: "memory", the answers of the memory as it
+    # stands (this subject's wake edits applied); "before_wake", the answers before them, so that the
+    # student also undoes what the wake edit moved about other people (the benchmark's locality compares
+    # with the model before the write), and the canary then passes a scale that keeps canary_min of those
+    # answers or at least as many as the wake edits alone keep
+    keep_reference: Literal["memory", "before_wake"] = "memory"
     # gate
     gate_tokens: int = 24            # greedy answer length when a fact is checked
     min_held_out: float = 0.5        # share of a fact's held-back questions that must name the object
