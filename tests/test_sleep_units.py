@@ -56,3 +56,19 @@ def test_canary_and_hinge_settings_out_of_range_are_refused(bad):
 
     with pytest.raises(RoseMemoryError, match=bad.split("=")[0]):
         parse_sleep_settings([bad])
+
+
+def test_recombined_people_look_real_but_are_nobody_on_the_list():
+    from rose_memory.editing.contexts import OTHER_NAMES
+    from rose_memory.sleep.people import recombined_names
+
+    names = recombined_names(40, 0, avoid="Mei Gallagher")
+    assert names == recombined_names(40, 0, avoid="Mei Gallagher")       # the same for the same seed
+    assert names != recombined_names(40, 1)
+    assert len(set(names)) == 40 and "Mei Gallagher" not in names
+    assert not set(names) & set(OTHER_NAMES)                             # nobody the write holds by name
+    firsts = {p.split()[0] for p in OTHER_NAMES}
+    lasts = {p.split()[-1] for p in OTHER_NAMES}
+    assert all(len(n.split()) == 2 and n.split()[0] in firsts and n.split()[1] in lasts for n in names)
+    with pytest.raises(ValueError):
+        SleepConfig(people="real")

@@ -23,7 +23,7 @@ from ..facts import EditRequest
 from ..model import LoadedModel
 from .config import SleepConfig
 from .gate import check_facts
-from .people import made_up_names
+from .people import made_up_names, recombined_names
 from .teacher import canary_prompts, other_people_prompts, teacher_examples, unrelated_examples
 from .train import train_delta
 from .transfer import transfer_set
@@ -119,7 +119,8 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     set_weights(zeros, None)
     examples, counts = teacher_examples(lm, facts, open_requests, cfg)
     subject = reqs[0].subject
-    people = made_up_names(cfg.other_names + cfg.canary_names, cfg.seed, avoid=subject)
+    namer = recombined_names if cfg.people == "recombined" else made_up_names
+    people = namer(cfg.other_names + cfg.canary_names, cfg.seed, avoid=subject)
     # unrelated prompts and the canary are held to what the memory answers now (the wake edits as the
     # student sees them, no sleep delta): the sleep is judged on what it moves, and a student held to
     # the answers before the wake edit learns to undo the edit's own side effects, a broad change

@@ -72,6 +72,10 @@ class SleepConfig(BaseModel):
     # canary kept more but the delta carried less per unit of scale, a wash on the benchmark (docs/sleep.md)
     negative_gain: float = Field(1.0, ge=0.0)
     other_names: int = 24            # made-up people asked the subject's and everyday questions, held to their old answers
+    # how the made-up people (unrelated prompts and canary) are named: "syllables" ("Ciloux Zimum"), or
+    # "recombined", a first name and a surname of two different people of our name list ("Mei Gallagher"),
+    # closer to the names a memory is told about
+    people: Literal["syllables", "recombined"] = "syllables"
     person_questions: int = 3        # everyday questions per other person (people.PERSON_QUESTIONS, cycled)
     generic_negatives: int = 12      # generic chat and text prompts held to their old answers
     negative_tokens: int = 8         # answer tokens of each unrelated prompt that the KL covers (what locality compares)

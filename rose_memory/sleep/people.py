@@ -45,6 +45,23 @@ def made_up_names(n: int, seed: int, avoid: str = "") -> list[str]:
     return out
 
 
+def recombined_names(n: int, seed: int, avoid: str = "") -> list[str]:
+    """`n` distinct names that look like real ones: a first name and a surname of two different
+    people of `contexts.OTHER_NAMES`, never one of those people themselves nor `avoid`."""
+    from ..editing.contexts import OTHER_NAMES
+
+    firsts = sorted({p.split()[0] for p in OTHER_NAMES})
+    lasts = sorted({p.split()[-1] for p in OTHER_NAMES})
+    rng = random.Random(f"recombined:{seed}")
+    taken = set(OTHER_NAMES) | {avoid}
+    out: list[str] = []
+    while len(out) < n:
+        name = f"{rng.choice(firsts)} {rng.choice(lasts)}"
+        if name not in taken and name not in out:
+            out.append(name)
+    return out
+
+
 def person_questions(name: str, k: int, offset: int) -> list[str]:
     """`k` of the everyday questions about `name`, starting at `offset` (cycled)."""
     return [PERSON_QUESTIONS[(offset + j) % len(PERSON_QUESTIONS)].format(name) for j in range(k)]
