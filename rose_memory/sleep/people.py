@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+from ..editing.contexts import OTHER_NAMES
+
 _ONSETS = ("b", "br", "c", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "r", "s", "st",
            "t", "th", "v", "w", "z")
 _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "ia", "ou", "ay")
@@ -48,8 +50,6 @@ def made_up_names(n: int, seed: int, avoid: str = "") -> list[str]:
 def recombined_names(n: int, seed: int, avoid: str = "") -> list[str]:
     """`n` distinct names that look like real ones: a first name and a surname of two different
     people of `contexts.OTHER_NAMES`, never one of those people themselves nor `avoid`."""
-    from ..editing.contexts import OTHER_NAMES
-
     firsts = sorted({p.split()[0] for p in OTHER_NAMES})
     lasts = sorted({p.split()[-1] for p in OTHER_NAMES})
     rng = random.Random(f"recombined:{seed}")
