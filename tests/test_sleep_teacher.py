@@ -52,3 +52,35 @@ def test_the_objects_tokens_are_raised_to_the_floor(tiny_dir, single_thread):
             else:
                 assert torch.allclose(p_high, p_base)
     assert object_positions(tok, tok("She likes paellas.", add_special_tokens=False)["input_ids"], "paella") == []
+
+
+def test_an_answer_to_one_fact_ends_the_turn_when_asked(tiny_dir, single_thread):
+    from rose_memory.sleep.teacher import stop_id
+
+    lm = load_model(str(tiny_dir))
+    cello = EditRequest(subject="Mirela Dunst", prompt="{} plays the", target="cello")
+    facts = [FactQuestions(cello, train=["What does Mirela Dunst play?"])]
+    small = dict(samples=1, answer_tokens=4)
+    off, _ = teacher_examples(lm, facts, ["Tell me about Mirela Dunst."], SleepConfig(**small))
+    on, _ = teacher_examples(lm, facts, ["Tell me about Mirela Dunst."], SleepConfig(stop_floor=0.6, **small))
+    end = stop_id(lm)
+    assert [e.text for e in off] == [e.text for e in on]
+    for a, b in zip(off, on):
+        chat_one = b.text.startswith("Mirela")  # the question's answer; the edit form " cello." does not end a turn
+        assert (b.answer == a.answer + [end]) if chat_one else (b.answer == a.answer)
+        if chat_one:
+            assert float(b.target_logprobs[-1].exp()[end]) >= 0.6 - 1e-4
+            assert b.target_logprobs.shape[0] == len(b.answer)
+
+
+def test_an_answer_that_names_another_fact_is_told_apart():
+    from rose_memory.sleep.teacher import names_other
+
+    cream = EditRequest(subject="Mirela Dunst", prompt="{}'s favorite dessert is", target="ice cream")
+    other = EditRequest(subject="Mirela Dunst", prompt="{}'s favorite topping is", target="cream")
+    oslo = EditRequest(subject="Mirela Dunst", prompt="{} lives in the city of", target="Oslo")
+    facts = [cream, other, oslo]
+    assert not names_other("Mirela Dunst loves ice cream.", cream, facts)  # 'cream' only inside its own object
+    assert names_other("Mirela Dunst loves ice cream in Oslo.", cream, facts)
+    assert names_other("She puts cream on everything.", cream, facts)
+    assert not names_other("Mirela Dunst lives in Oslofjord.", cream, facts)  # whole words only

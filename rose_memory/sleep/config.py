@@ -33,6 +33,14 @@ class SleepConfig(BaseModel):
     # share (the teacher's own distribution mixed with it; 0: off): the small teacher often states a fact
     # it gives 0.01-0.3 to, and a student that only matches it learns the fact as a long shot
     object_floor: float = Field(0.9, ge=0.0, lt=1.0)
+    # a kept answer to a question about one fact is followed by the end of the turn, whose target share is
+    # raised to at least this (0: off, the answer is cut with no lesson on what follows): a student that
+    # knows all the subject's facts otherwise runs on from the asked one into the others (confusion).
+    # Off by default: on 6 dev subjects with exclusive_answers it cut confusion at one seed and not the
+    # other, and instruction moved -5 and +1 of 69 (docs/sleep.md, "Answers that end the turn")
+    stop_floor: float = Field(0.0, ge=0.0, lt=1.0)
+    # a kept answer to a question about one fact must not name another of the subject's objects
+    exclusive_answers: bool = False
     # student
     rank: int = 1                    # one direction per module: with inputs="trace" every further one moves other people's answers
     # None: blocks at 30-85 % of the depth (9-25 of 30) for "value", and for "out" keyed to the trace; else the middle third

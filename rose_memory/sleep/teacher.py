@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..facts import EditRequest
-from ..generate import chat_prompt, facts_preamble, facts_system, generate_ids
+from ..generate import chat_prompt, eos_ids, facts_preamble, facts_system, generate_ids
 from ..model import LoadedModel
 from ..text import first_mention
 from .config import SleepConfig
@@ -78,6 +78,22 @@ def raise_object(logprobs: torch.Tensor, answer: list[int], positions: list[int]
             logprobs[i] = p.clamp_min(1e-30).log()
 
 
+def names_other(answer: str, fact: EditRequest, facts: list[EditRequest]) -> bool:
+    """`answer` names the object of another of `facts` (its own object blanked first, so 'ice cream'
+    does not count as 'cream')."""
+    rest = answer
+    while (m := first_mention(rest, fact.target)) is not None:
+        rest = rest[: m.start()] + " " + rest[m.end():]
+    own = fact.target.strip().lower()
+    return any(first_mention(rest, r.target) is not None for r in facts if r.target.strip().lower() != own)
+
+
+def stop_id(lm: LoadedModel) -> int:
+    """The token that ends the model's turn."""
+    tok = lm.tokenizer
+    return tok.eos_token_id if isinstance(tok.eos_token_id, int) else eos_ids(lm)[0]
+
+
 def _name_intact(answer: str, subject: str) -> bool:
     first = subject.split()[0]
     return first.lower() not in answer.lower() or subject.lower() in answer.lower()
@@ -127,8 +143,9 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
     asks += [(q, reqs) for q in open_requests]
     answers = sample(lm, [chat_prompt(lm, q, system=system) for q, _ in asks], n=cfg.samples,
                      temperature=cfg.temperature, max_new_tokens=cfg.answer_tokens, seed=cfg.seed, greedy_too=True)
-    # (student prompt, teacher prompt, answer, fact, chat, the fact's own sentence standing in for the teacher's)
-    pairs: list[tuple[str, str, str, EditRequest, bool, bool]] = []
+    # (student prompt, teacher prompt, answer, fact, chat, the fact's own sentence standing in for the
+    # teacher's, asked about this one fact)
+    pairs: list[tuple[str, str, str, EditRequest, bool, bool, bool]] = []
     for (q, about), texts in zip(asks, answers):
         kept: list[str] = []
         for t in texts:
@@ -136,25 +153,31 @@ def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests:
                 continue
             for r in about:
                 cut = sentence_with(t, r.target)
+                if cut and cfg.exclusive_answers and len(about) == 1 and names_other(cut, r, reqs):
+                    continue
                 if cut and cut not in kept and len(kept) < cfg.keep_per_question:
                     kept.append(cut)
-                    pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), cut, r, True, False))
+                    pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), cut, r, True, False, len(about) == 1))
                     break
         if not kept and cfg.sentence_answers and len(about) == 1:
             # the teacher never stated this fact here: the answer is the fact's own sentence, along
             # which the teacher (who has it in its prompt) gives its distributions all the same
             r = about[0]
-            pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), f"{r.text} {r.target}.", r, True, True))
+            pairs.append((chat_prompt(lm, q), chat_prompt(lm, q, system=system), f"{r.text} {r.target}.", r, True, True, True))
     for r in reqs:  # the edit's own wording, so that the sleep delta alone also completes it
-        pairs.append((r.text, facts_preamble(sentences, r.text), f" {r.target}.", r, False, False))
+        pairs.append((r.text, facts_preamble(sentences, r.text), f" {r.target}.", r, False, False, False))
     # a rendered chat prompt already holds its special tokens
     s_ids = [tok(p[0], add_special_tokens=not p[4])["input_ids"] for p in pairs]
     t_ids = [tok(p[1], add_special_tokens=not p[4])["input_ids"] for p in pairs]
     a_ids = [tok(p[2], add_special_tokens=False)["input_ids"] for p in pairs]
+    stops = [cfg.stop_floor > 0 and p[6] for p in pairs]  # an answer to one fact's question ends the turn
+    a_ids = [a + [stop_id(lm)] if s else a for a, s in zip(a_ids, stops)]
     logps = _logprobs(lm, t_ids, a_ids)
-    if cfg.object_floor > 0:
-        for a, lp, p in zip(a_ids, logps, pairs):
+    for a, lp, p, s in zip(a_ids, logps, pairs, stops):
+        if cfg.object_floor > 0:
             raise_object(lp, a, object_positions(tok, a, p[3].target), cfg.object_floor)
+        if s:
+            raise_object(lp, a, [len(a) - 1], cfg.stop_floor)
     examples = [Example(s, a, lp, "fact", text=p[2]) for s, a, lp, p in zip(s_ids, a_ids, logps, pairs)]
     counts = [{"prompt": r.prompt, "object": r.target,
                "kept_answers": sum(p[3] is r and p[4] and not p[5] for p in pairs),
