@@ -3,6 +3,7 @@ the teacher on the kept answers and the model before the sleep on unrelated prom
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 
@@ -62,6 +63,14 @@ class _Factors(torch.nn.Module):
 
     def forward(self, x):
         return self.gain * ((x @ self.a.T) @ self.b.T)
+
+
+def _precision(lm: LoadedModel, cfg: SleepConfig):
+    """The context a training step's forward runs in: autocast to bfloat16 when asked (the model's
+    weights stay float32; products run in bfloat16, softmax and losses in float32)."""
+    if cfg.train_precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=lm.device.type, dtype=torch.bfloat16)
 
 
 def _batch(examples: list[Example], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,14 +297,15 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
             pos = rng.sample(facts, min(cfg.batch, len(facts)))
             neg = rng.sample(unrelated, min(cfg.negative_batch, len(unrelated))) if unrelated and cfg.kl_weight > 0 else []
             opt.zero_grad()
-            fact_loss = _kl(hidden, head, pos, lm.device, per_sequence=cfg.per_sequence)
-            for f in factors.values():
-                f.gain = cfg.negative_gain
-            try:
-                keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
-            finally:
+            with _precision(lm, cfg):
+                fact_loss = _kl(hidden, head, pos, lm.device, per_sequence=cfg.per_sequence)
                 for f in factors.values():
-                    f.gain = 1.0
+                    f.gain = cfg.negative_gain
+                try:
+                    keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
+                finally:
+                    for f in factors.values():
+                        f.gain = 1.0
             (fact_loss + cfg.kl_weight * keep_loss).backward()
             opt.step()
             if on_step is not None:
