@@ -58,3 +58,28 @@ def test_the_default_delta_sits_on_mlp_outputs_after_the_wake_edits_layers(tiny_
     assert [int(p.split(".")[-3]) for p in paths] == list(range(int(0.3 * n), int(0.85 * n) + 1))
     free = target_modules(model, SleepConfig(modules="out", inputs="free"))
     assert [int(p.split(".")[-3]) for p in free] == list(range(n // 3, 2 * n // 3))
+
+
+def test_bfloat16_training_learns_what_float32_learns(tiny_dir):
+    """`train_precision="bfloat16"` autocasts the steps' products only: the factors come back float32
+    and the fact loss falls step for step as in float32 (within bfloat16's rounding)."""
+    lm = load_model(str(tiny_dir))
+    facts = _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
+                       ("Where does Aurelio Brandt live? He lives in", " Warsaw.")])
+    for e in facts:
+        target = torch.full((len(e.answer), len(lm.tokenizer)), -20.0)
+        target[:, 5] = 0.0
+        e.target_logprobs = torch.log_softmax(target, -1)
+    weights = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = SleepConfig(modules="value", inputs="free", rank=2, layers=[2, 3], steps=12, lr=5e-2, margin=0.0,
+                          kl_weight=0.0, train_precision=precision)
+        runs = []
+        delta = train_delta(lm, facts, [], cfg, on_step=lambda s, a, b: runs.append(a))
+        assert all(u.dtype == torch.float32 and v.dtype == torch.float32 for u, v in delta.factors.values())
+        losses[precision] = runs
+    assert all(torch.equal(p, weights[n]) for n, p in lm.model.named_parameters())  # weights untouched
+    f32, bf16 = losses["float32"], losses["bfloat16"]
+    assert bf16[-1] < bf16[0] - 0.5  # it learns
+    assert all(abs(b - f) < 0.01 * f for f, b in zip(f32, bf16))  # step for step as float32 does
