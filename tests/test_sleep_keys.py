@@ -136,3 +136,20 @@ def test_module_inputs_are_those_of_the_full_forward(tiny_dir):
     for p in paths:
         assert torch.allclose(got[p], torch.cat([x[0] for x in seen[p]]).float(), atol=1e-5), p
     assert all(not get_module(lm.model, p)._forward_hooks for p in paths)
+
+
+def test_name_inputs_run_each_prompt_once_and_give_every_row_its_own(tiny_dir):
+    """Rows that share a prompt (several kept answers to one question) get the inputs at the
+    subject's tokens that a forward over each whole row (prompt and answer) gives, row for row."""
+    lm = load_model(str(tiny_dir))
+    tok, pad = lm.tokenizer, lm.tokenizer.pad_token_id
+    path = "model.layers.1.mlp.down_proj"
+    q1, q2 = _examples(lm, ["Where does Aurelio Brandt live?", "Tell me about Aurelio Brandt, please."])
+    rows = [Example(q1.prompt, tok(a, add_special_tokens=False)["input_ids"], torch.zeros(0), "fact")
+            for a in (" He lives in Warsaw.", " Warsaw, Poland.")]
+    rows.insert(1, Example(q2.prompt, tok(" He is a baker.", add_special_tokens=False)["input_ids"], torch.zeros(0), "fact"))
+    where = [_subject_positions(tok, e.prompt, "Aurelio Brandt") for e in rows]
+    want = _inputs(lm.model, [path], rows, True, pad, lm.device, positions=where)[path]
+    got = _name_inputs(lm, [path], rows, ["Aurelio Brandt"], pad)[path]
+    assert got.shape == want.shape and got.shape[0] == sum(len(w) for w in where)
+    assert torch.allclose(got, want, atol=1e-5)

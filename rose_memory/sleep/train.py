@@ -173,9 +173,21 @@ def _subject_positions(tok, prompt: list[int], subject: str) -> list[int]:
 
 
 def _name_inputs(lm: LoadedModel, paths: list[str], rows: list[Example], names: list[str], pad: int) -> dict[str, torch.Tensor]:
-    """Each module's inputs [n, d_in] at the tokens of `names` (any of them) in the rows' prompts."""
-    where = [sorted({i for n in names for i in _subject_positions(lm.tokenizer, e.prompt, n)}) for e in rows]
-    return _inputs(lm.model, paths, rows, True, pad, lm.device, positions=where)
+    """Each module's inputs [n, d_in] at the tokens of `names` (any of them) in the rows' prompts, row
+    by row. A causal model's prompt positions do not see the answer, and rows often share a prompt
+    (several kept answers to one question): each distinct prompt runs once, without its answer."""
+    index: dict[tuple[int, ...], int] = {}
+    for e in rows:
+        index.setdefault(tuple(e.prompt), len(index))
+    prompts = [Example(list(p), [], torch.zeros(0), "prompt") for p in index]
+    where = [sorted({i for n in names for i in _subject_positions(lm.tokenizer, e.prompt, n)}) for e in prompts]
+    got = _inputs(lm.model, paths, prompts, True, pad, lm.device, positions=where)
+    sizes = [len(w) for w in where]
+    out = {}
+    for p, x in got.items():
+        parts = torch.split(x, sizes)
+        out[p] = torch.cat([parts[index[tuple(e.prompt)]] for e in rows]) if rows else x
+    return out
 
 
 def key_directions(lm: LoadedModel, layers: list[int], paths: list[str], facts: list[Example], subject: str,
