@@ -83,3 +83,19 @@ def test_bfloat16_training_learns_what_float32_learns(tiny_dir):
     f32, bf16 = losses["float32"], losses["bfloat16"]
     assert bf16[-1] < bf16[0] - 0.5  # it learns
     assert all(abs(b - f) < 0.01 * f for f, b in zip(f32, bf16))  # step for step as float32 does
+
+
+def test_the_student_trains_with_plain_attention_on_a_cpu_and_the_model_gets_its_own_back(tiny_dir):
+    lm = load_model(str(tiny_dir))
+    facts = _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw.")])
+    facts[0].target_logprobs = torch.log_softmax(torch.zeros(len(facts[0].answer), len(lm.tokenizer)), -1)
+    before = lm.model.config._attn_implementation
+    assert before != "eager"  # transformers' default, the fused kernel
+    seen = []
+    hook = lm.model.model.layers[2].register_forward_pre_hook(lambda m, a: seen.append(lm.model.config._attn_implementation))
+    try:
+        train_delta(lm, facts, [], SleepConfig(modules="value", inputs="free", rank=1, layers=[2], steps=1, kl_weight=0.0))
+    finally:
+        hook.remove()
+    assert "eager" in seen
+    assert lm.model.config._attn_implementation == before

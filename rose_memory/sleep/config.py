@@ -70,9 +70,10 @@ class SleepConfig(BaseModel):
     student_wake: float = 1.0
     lr: float = 5e-2
     # the training steps' matrix products in this precision (torch autocast; the factors, the teacher's
-    # targets, the losses and every generated answer stay float32): "bfloat16" runs them about 4 times
-    # faster on a CPU with AVX-512 BF16 and on recent GPUs
-    train_precision: Literal["float32", "bfloat16"] = "float32"
+    # targets, the losses and every generated answer stay float32). "bfloat16" since 2026-12-03: a step
+    # twice as fast on a CPU with AVX-512 BF16 (recent GPUs have it too), the same answers on the first 6
+    # dev subjects (docs/sleep.md, "Where a sleep's time goes"); "float32" where a device lacks bfloat16
+    train_precision: Literal["float32", "bfloat16"] = "bfloat16"
     steps: int = 48
     batch: int = 8                   # kept answers per step
     negative_batch: int = 8          # unrelated sequences per step (24 until 2026-12-01: twice the step time, no better on the benchmark)
