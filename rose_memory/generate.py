@@ -70,7 +70,7 @@ def output_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
-def _new_cache(model: torch.nn.Module):
+def new_cache(model: torch.nn.Module):
     from transformers import DynamicCache
 
     try:
@@ -79,7 +79,7 @@ def _new_cache(model: torch.nn.Module):
         return DynamicCache()
 
 
-def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     limit = min(len(r) for r in rows) - 1  # every row keeps at least one token of its own
     n = 0
     first = rows[0]
@@ -96,7 +96,7 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
     model, tok = lm.model, lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(lm)[0]
     stop = eos_ids(lm)
-    shared = _common_prefix(rows) if len(rows) > 1 else 0
+    shared = common_prefix(rows) if len(rows) > 1 else 0
     if shared < MIN_SHARED_PREFIX:
         shared = 0
     elif prefixes:
@@ -125,7 +125,7 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
             if prefixes is not None and prefix in prefixes:
                 cache = copy.deepcopy(prefixes[prefix])
             else:
-                cache = _new_cache(model)
+                cache = new_cache(model)
                 model(input_ids=input_ids[:1, :shared], use_cache=True, **{key: cache})
                 if prefixes is not None:
                     prefixes.clear()  # keep only the latest: consecutive groups share it

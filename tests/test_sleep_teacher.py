@@ -84,3 +84,37 @@ def test_an_answer_that_names_another_fact_is_told_apart():
     assert names_other("Mirela Dunst loves ice cream in Oslo.", cream, facts)
     assert names_other("She puts cream on everything.", cream, facts)
     assert not names_other("Mirela Dunst lives in Oslofjord.", cream, facts)  # whole words only
+
+
+def test_log_probabilities_with_a_shared_prompt_beginning_are_those_of_each_row_alone(tiny_dir, single_thread, monkeypatch):
+    """Rows whose prompts share the chat template's system turn run it once (a key/value cache);
+    what each answer token gets is what a forward over that row alone gives."""
+    import torch
+
+    from rose_memory.generate import chat_prompt
+    from rose_memory.sleep.teacher import _logprobs, body_and_pad
+
+    lm = load_model(str(tiny_dir))
+    tok = lm.tokenizer
+    prompts = [tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"]
+               for q in ("Where does Aurelio Brandt live?", "What is Mira Tovan's job?", "Name three fruits.")]
+    prompts += [tok("The capital of Germany is")["input_ids"]]
+    answers = [tok(a, add_special_tokens=False)["input_ids"] for a in (" In Warsaw.", " She bakes bread.", " Apples", " Berlin")]
+    from rose_memory.sleep import teacher
+
+    made = []
+    real_cache = teacher.new_cache
+    monkeypatch.setattr(teacher, "new_cache", lambda model: made.append(1) or real_cache(model))
+    got = _logprobs(lm, prompts[:3], answers[:3]) + _logprobs(lm, prompts[3:], answers[3:])
+    assert made  # the chat rows shared their system turn
+    got += _logprobs(lm, prompts, answers, chunk=4)[3:]  # a batch with nothing shared runs whole
+    prompts.append(prompts[3])
+    answers.append(answers[3])
+    body, _ = body_and_pad(lm)
+    head = lm.model.get_output_embeddings()
+    with torch.no_grad():
+        for p, a, lp in zip(prompts, answers, got):
+            h = body(input_ids=torch.tensor([p + a])).last_hidden_state[0]
+            want = torch.log_softmax(head(h[len(p) - 1: len(p) + len(a) - 1]).float(), -1)
+            assert lp.shape == want.shape
+            assert torch.allclose(lp, want, atol=1e-4)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ..facts import EditRequest
-from ..generate import chat_prompt, eos_ids, facts_preamble, facts_system, generate_ids
+from ..generate import (MIN_SHARED_PREFIX, cache_kwarg, chat_prompt, common_prefix, eos_ids, facts_preamble, facts_system,
+                        generate_ids, new_cache)
 from ..model import LoadedModel
 from ..text import first_mention
 from .config import SleepConfig
@@ -118,17 +119,34 @@ def body_and_pad(lm: LoadedModel) -> tuple[torch.nn.Module, int]:
 
 def _logprobs(lm: LoadedModel, prompts: list[list[int]], answers: list[list[int]], chunk: int = 16) -> list[torch.Tensor]:
     """Log-probabilities the current weights give at each answer token's position (teacher forcing),
-    in right-padded batches: a causal model's real tokens never see the padding after them."""
-    out = []
+    in right-padded batches: a causal model's real tokens never see the padding after them. Rows are
+    sorted so that a batch mostly shares its prompt's beginning (the chat template's system turn, the
+    teacher's facts: 24-90 tokens of a 40-110-token row); that prefix runs once and its key/value
+    cache serves the batch."""
+    out: list[torch.Tensor | None] = [None] * len(prompts)
     body, pad = body_and_pad(lm)
     head = lm.model.get_output_embeddings()
+    key = cache_kwarg(body)
+    order = sorted(range(len(prompts)), key=lambda i: (prompts[i], i))
     with torch.no_grad():
-        for start in range(0, len(prompts), chunk):
-            ids, mask = right_padded([p + a for p, a in zip(prompts[start:start + chunk], answers[start:start + chunk])], pad)
-            h = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
-            for i, (p, a) in enumerate(zip(prompts[start:start + chunk], answers[start:start + chunk])):
-                out.append(torch.log_softmax(head(h[i, len(p) - 1: len(p) + len(a) - 1]).float(), -1).cpu())
-    return out
+        for start in range(0, len(order), chunk):
+            idx = order[start:start + chunk]
+            rows = [prompts[i] for i in idx]
+            shared = common_prefix(rows) if len(rows) > 1 else 0  # every row keeps a prompt token of its own
+            shared = shared if shared >= MIN_SHARED_PREFIX else 0
+            ids, mask = right_padded([prompts[i][shared:] + answers[i] for i in idx], pad)
+            kwargs = {}
+            if shared:
+                cache = new_cache(lm.model)
+                body(input_ids=torch.tensor([rows[0][:shared]], device=lm.device), use_cache=True, **{key: cache})
+                cache.batch_repeat_interleave(len(idx))
+                mask = torch.cat([torch.ones(len(idx), shared, dtype=mask.dtype), mask], 1)
+                kwargs = {key: cache, "use_cache": True}
+            h = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), **kwargs).last_hidden_state
+            for j, i in enumerate(idx):
+                s = len(prompts[i]) - shared - 1
+                out[i] = torch.log_softmax(head(h[j, s: s + len(answers[i])]).float(), -1).cpu()
+    return out  # type: ignore[return-value]
 
 
 def teacher_examples(lm: LoadedModel, facts: list[FactQuestions], open_requests: list[str],
