@@ -89,8 +89,9 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
 
 
 def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_tokens: int,
-                    prefixes: dict | None = None) -> list[list[int]]:
-    """One `generate` call. `prefixes` keeps the key/value cache of shared prefixes between calls."""
+                    prefixes: dict | None = None, config=None) -> list[list[int]]:
+    """One `generate` call (greedy, or as `config` says). `prefixes` keeps the key/value cache of
+    shared prefixes between calls."""
     from transformers import GenerationConfig
 
     model, tok = lm.model, lm.tokenizer
@@ -114,9 +115,13 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
     device = lm.device
     input_ids = torch.tensor(ids, device=device)
     attention_mask = torch.tensor(mask, device=device)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=stop
-    )
+    if config is None:
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=stop
+        )
+    else:
+        config = copy.copy(config)
+        config.update(max_new_tokens=max_new_tokens, num_return_sequences=1, pad_token_id=pad, eos_token_id=stop)
     kwargs = {}
     with torch.no_grad():
         if shared:
@@ -148,8 +153,10 @@ def generate_ids(
     batch_size: int = BATCH_SIZE,
     progress: bool = False,
     desc: str = "generating",
+    config=None,
 ) -> list[list[int]]:
-    """Greedy continuations (token ids, end-of-sequence stripped) of tokenized prompts.
+    """Greedy continuations (token ids, end-of-sequence stripped) of tokenized prompts; sampled ones
+    when `config` (a transformers GenerationConfig) says so, one per prompt.
 
     Prompts are sorted by first token and length, so that a group mostly shares its prefix
     and pads little, then cut into groups of `batch_size`; each group is one `generate` call.
@@ -170,7 +177,7 @@ def generate_ids(
     bar = progress_bar(total=len(prompts), desc=desc, leave=False, on=progress)
     prefixes: dict = {}
     for g in groups:
-        for i, answer in zip(g, _generate_batch(lm, [prompts[i] for i in g], max_new_tokens, prefixes)):
+        for i, answer in zip(g, _generate_batch(lm, [prompts[i] for i in g], max_new_tokens, prefixes, config)):
             out[i] = answer
         bar.update(len(g))
     bar.close()
