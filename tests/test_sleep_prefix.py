@@ -90,36 +90,3 @@ def test_training_with_the_cached_prefix_lowers_the_loss(tiny_dir):
     finally:
         handles.revert(lm.model)
     assert after < before
-
-
-def test_rows_that_begin_alike_share_it_with_the_same_states_and_gradients(tiny_dir):
-    """Chat rows begin with the template's system turn: it runs once per batch (grouped by how rows
-    begin; a raw-text row runs on its own) and every row gets what the full forward gives it, and a
-    trained module above the cached blocks the same gradient."""
-    from rose_memory.generate import chat_prompt
-
-    lm = load_model(str(tiny_dir))
-    tok = lm.tokenizer
-    chats = [Example(tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"],
-                     tok(a, add_special_tokens=False)["input_ids"], torch.zeros(0), "fact")
-             for q, a in [("Where does Aurelio Brandt live?", " In Warsaw."), ("What is Mira Tovan's job?", " She is a baker, and a good one."),
-                          ("Name three fruits.", " Apples, pears, plums.")]]
-    rows = [chats[0], *_rows(lm, TEXTS[2:3]), chats[1], chats[2]]
-    hidden, used = cached_forward(lm, 2, rows, chats)
-    assert used and hidden.__name__ == "grouped"
-    full = full_forward(lm)
-    v = lm.model.model.layers[3].mlp.down_proj
-    grads = []
-    for forward in (full, hidden):
-        extra = torch.zeros(v.out_features, requires_grad=True)
-        hook = v.register_forward_hook(lambda m, i, o: o + extra)
-        try:
-            h = forward(rows)
-            real = torch.cat([h[i, : len(e.prompt) + len(e.answer)] for i, e in enumerate(rows)])
-            lm.model.get_output_embeddings()(real).float().logsumexp(-1).sum().backward()
-        finally:
-            hook.remove()
-        grads.append((extra.grad, real.detach()))
-    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
-    assert grads[0][0].abs().sum() > 0 and torch.allclose(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-6)
-    assert len(lm.model.model.layers) == 4

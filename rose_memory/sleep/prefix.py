@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..arch import get_module, spec_for
-from ..generate import MIN_SHARED_PREFIX, cache_kwarg, common_prefix, new_cache
 from ..model import LoadedModel
 from .teacher import body_and_pad, right_padded
 
@@ -82,77 +81,22 @@ def cached_forward(lm: LoadedModel, first: int, examples: Sequence, check: Seque
     finally:
         hook.remove()
     upper = torch.nn.ModuleList(list(blocks)[first:])
-    key = cache_kwarg(body)
 
-    def upper_forward(states, mask, **kwargs):
-        setattr(parent, name, upper)  # the blocks below `first` are skipped for this call only
-        try:
-            return body(inputs_embeds=states, attention_mask=mask.to(lm.device), **kwargs).last_hidden_state
-        finally:
-            setattr(parent, name, blocks)
-
-    def plain(batch):
+    def hidden(batch):
         lengths = [len(cache[id(e)]) for e in batch]
         width = max(lengths)
         states = torch.stack([torch.nn.functional.pad(cache[id(e)], (0, 0, 0, width - n)) for e, n in zip(batch, lengths)])
         mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
-        return upper_forward(states, mask)
-
-    def shared(batch):
-        """Rows whose prompts begin alike (the chat template's system turn: 24 of about 50 tokens on the
-        embedded model) run that beginning once, as one row, and attend to its keys and values; the
-        factors' effect on it, and its gradient, are kept (the beginning runs through them too)."""
-        n = common_prefix([e.prompt for e in batch])
-        if len(batch) < 2 or n < MIN_SHARED_PREFIX:
-            return plain(batch)
-        kv = new_cache(lm.model)
-        head = cache[id(batch[0])][:n][None]
-        top = upper_forward(head, torch.ones(1, n, dtype=torch.long), use_cache=True, **{key: kv})
-        # the skipped blocks' cache layers then hold only the length (the model reads it from layer 0)
-        shape = _kv_shape(lm.model, n)
-        for i in range(first):
-            kv.update(head.new_zeros(shape), head.new_zeros(shape), i)
-        kv.batch_repeat_interleave(len(batch))
-        lengths = [len(cache[id(e)]) - n for e in batch]
-        width = max(lengths)
-        states = torch.stack([torch.nn.functional.pad(cache[id(e)][n:], (0, 0, 0, width - m)) for e, m in zip(batch, lengths)])
-        mask = torch.cat([torch.ones(len(batch), n, dtype=torch.long),
-                          (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()], 1)
-        rest = upper_forward(states, mask, use_cache=True, **{key: kv})
-        return torch.cat([top.expand(len(batch), -1, -1), rest], 1)
-
-    def grouped(batch):
-        """`shared` per group of rows that begin alike, the states put back in the batch's order."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, e in enumerate(batch):
-            groups.setdefault(tuple(e.prompt[:MIN_SHARED_PREFIX]), []).append(i)
-        parts = [shared([batch[i] for i in g]) for g in groups.values()]
-        width = max(p.shape[1] for p in parts)
-        h = torch.cat([torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts])
-        order = torch.tensor([i for g in groups.values() for i in g])
-        return h[torch.argsort(order)]
-
-    def same(hidden) -> bool:
+        setattr(parent, name, upper)  # the blocks below `first` are skipped for this call only
         try:
-            got = hidden(check)
-        except Exception:  # noqa: BLE001  (a model whose attention cannot take such a cache: not used)
-            return False
-        return want.shape == got.shape and torch.allclose(got[real], want[real], rtol=1e-3,
-                                                          atol=1e-4 * float(want[real].abs().max()))
+            return body(inputs_embeds=states, attention_mask=mask.to(lm.device)).last_hidden_state
+        finally:
+            setattr(parent, name, blocks)
 
     with torch.no_grad():
-        want = full(check)
+        want, got = full(check), hidden(check)
         _, mask = right_padded([_tokens(e) for e in check], pad)
         real = mask.bool().to(want.device)
-        for hidden in (grouped, plain):
-            if same(hidden):
-                return hidden, True
-    return full, False
-
-
-def _kv_shape(model: torch.nn.Module, length: int) -> tuple[int, ...]:
-    """The shape of one row's keys in an attention cache [1, key/value heads, length, head size]."""
-    c = model.config
-    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    size = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return (1, heads, length, size)
+        ok = want.shape == got.shape and torch.allclose(got[real], want[real], rtol=1e-3,
+                                                        atol=1e-4 * float(want[real].abs().max()))
+    return (hidden, True) if ok else (full, False)
