@@ -203,7 +203,7 @@ def _name_inputs(lm: LoadedModel, paths: list[str], rows: list[Example], names: 
     out = {}
     for p, x in got.items():
         parts = torch.split(x, sizes)
-        out[p] = torch.cat([parts[index[tuple(e.prompt)]] for e in rows]) if rows else x
+        out[p] = torch.cat([parts[index[tuple(e.prompt)]] for e in rows])
     return out
 
 
@@ -318,36 +318,34 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)  # gradients for the factors only, not for every weight
     model.eval()
-    stack = contextlib.ExitStack()
-    try:
-        # the blocks below the first factor are computed once per sequence (prefix.py)
-        stack.enter_context(_plain_attention(lm))
-        used = list(facts) + (list(unrelated) if cfg.kl_weight > 0 else [])  # no KL: the unrelated rows are never run
-        hidden, _ = cached_forward(lm, min(block_of(model, p) for p in paths), used, facts[:4])
-        for step in range(cfg.steps):
-            pos = rng.sample(facts, min(cfg.batch, len(facts)))
-            neg = rng.sample(unrelated, min(cfg.negative_batch, len(unrelated))) if unrelated and cfg.kl_weight > 0 else []
-            opt.zero_grad()
-            with _precision(lm, cfg):
-                fact_loss = _kl(hidden, head, pos, lm.device, per_sequence=cfg.per_sequence)
-                for f in factors.values():
-                    f.gain = cfg.negative_gain
-                try:
-                    keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
-                finally:
+    with _plain_attention(lm):
+        try:
+            # the blocks below the first factor are computed once per sequence (prefix.py)
+            used = list(facts) + (list(unrelated) if cfg.kl_weight > 0 else [])  # no KL: the unrelated rows are never run
+            hidden, _ = cached_forward(lm, min(block_of(model, p) for p in paths), used, facts[:4])
+            for step in range(cfg.steps):
+                pos = rng.sample(facts, min(cfg.batch, len(facts)))
+                neg = rng.sample(unrelated, min(cfg.negative_batch, len(unrelated))) if unrelated and cfg.kl_weight > 0 else []
+                opt.zero_grad()
+                with _precision(lm, cfg):
+                    fact_loss = _kl(hidden, head, pos, lm.device, per_sequence=cfg.per_sequence)
                     for f in factors.values():
-                        f.gain = 1.0
-            (fact_loss + cfg.kl_weight * keep_loss).backward()
-            opt.step()
-            if on_step is not None:
-                on_step(step, fact_loss.item(), keep_loss.item())
-    finally:
-        stack.close()
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-        for n, p in model.named_parameters():
-            p.requires_grad_(frozen[n])
+                        f.gain = cfg.negative_gain
+                    try:
+                        keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
+                    finally:
+                        for f in factors.values():
+                            f.gain = 1.0
+                (fact_loss + cfg.kl_weight * keep_loss).backward()
+                opt.step()
+                if on_step is not None:
+                    on_step(step, fact_loss.item(), keep_loss.item())
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+            for n, p in model.named_parameters():
+                p.requires_grad_(frozen[n])
     delta = Delta(method="sleep")
     for path, f in factors.items():
         delta.factors[f"{path}.weight"] = (f.b.detach().float().cpu(), f.a.detach().float().cpu().T.contiguous())
