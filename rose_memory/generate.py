@@ -88,19 +88,32 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def shared_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens a batch's rows share that are worth one separate forward (0: none)."""
+    n = common_prefix(rows) if len(rows) > 1 else 0
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def encode_prefix(model: torch.nn.Module, prefix: Sequence[int], device):
+    """The key/value cache of `prefix` run once (one row; `batch_repeat_interleave` it for a batch)."""
+    cache = new_cache(model)
+    model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, **{cache_kwarg(model): cache})
+    return cache
+
+
 def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_tokens: int,
-                    prefixes: dict | None = None, config=None) -> list[list[int]]:
+                    prefixes: dict | None = None, config=None, scored: bool = False):
     """One `generate` call (greedy, or as `config` says). `prefixes` keeps the key/value cache of
-    shared prefixes between calls."""
+    shared prefixes between calls. With `scored`, also each answer's log-probabilities [len, vocab]
+    (float32, CPU): the distributions generation computed at each answer token, before any sampling
+    setting touched them."""
     from transformers import GenerationConfig
 
     model, tok = lm.model, lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(lm)[0]
     stop = eos_ids(lm)
-    shared = common_prefix(rows) if len(rows) > 1 else 0
-    if shared < MIN_SHARED_PREFIX:
-        shared = 0
-    elif prefixes:
+    shared = shared_length(rows)
+    if shared and prefixes:
         # Reuse the previous group's prefix if every row starts with it (a few tokens less shared
         # is cheaper than encoding a long prefix, e.g. facts in context, again).
         (kept,) = prefixes
@@ -122,6 +135,9 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
     else:
         config = copy.copy(config)
         config.update(max_new_tokens=max_new_tokens, num_return_sequences=1, pad_token_id=pad, eos_token_id=stop)
+    if scored:
+        config = copy.copy(config)
+        config.update(output_logits=True, return_dict_in_generate=True)
     kwargs = {}
     with torch.no_grad():
         if shared:
@@ -130,20 +146,24 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
             if prefixes is not None and prefix in prefixes:
                 cache = copy.deepcopy(prefixes[prefix])
             else:
-                cache = new_cache(model)
-                model(input_ids=input_ids[:1, :shared], use_cache=True, **{key: cache})
+                cache = encode_prefix(model, prefix, device)
                 if prefixes is not None:
                     prefixes.clear()  # keep only the latest: consecutive groups share it
                     prefixes[prefix] = copy.deepcopy(cache)
             cache.batch_repeat_interleave(len(rows))
             kwargs[key] = cache
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
-    new = out[:, input_ids.shape[1] :].tolist()
+    sequences = out.sequences if scored else out
+    new = sequences[:, input_ids.shape[1] :].tolist()
     answers = []
     for row in new:
         cut = next((i for i, t in enumerate(row) if t in stop), len(row))
         answers.append(row[:cut])
-    return answers
+    if not scored:
+        return answers
+    # out.logits: one [rows, vocab] per step; row j's answer token t was chosen from step t
+    return answers, [torch.log_softmax(torch.stack([step[j] for step in out.logits[: len(a)]]).float(), -1).cpu()
+                     if a else torch.zeros(0, out.logits[0].shape[-1]) for j, a in enumerate(answers)]
 
 
 def generate_ids(
@@ -161,6 +181,19 @@ def generate_ids(
     Prompts are sorted by first token and length, so that a group mostly shares its prefix
     and pads little, then cut into groups of `batch_size`; each group is one `generate` call.
     """
+    return _generate_all(lm, prompts, max_new_tokens, batch_size, progress, desc, config, False)
+
+
+def generate_scored(lm: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int = MAX_NEW_TOKENS,
+                    batch_size: int = BATCH_SIZE) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Greedy continuations as `generate_ids` gives them, and the log-probabilities [len, vocab] the
+    model gave at each of their tokens: what a teacher-forced forward over prompt + answer would
+    give (the sleep's references), without running that forward again."""
+    out = _generate_all(lm, prompts, max_new_tokens, batch_size, False, "generating", None, True)
+    return [a for a, _ in out], [lp for _, lp in out]
+
+
+def _generate_all(lm, prompts, max_new_tokens, batch_size, progress, desc, config, scored) -> list:
     if not prompts:
         return []
     order = sorted(range(len(prompts)), key=lambda i: (prompts[i][:1], len(prompts[i]), i))
@@ -173,12 +206,13 @@ def generate_ids(
                 g.append(i)
                 continue
         groups.append([i])
-    out: list[list[int] | None] = [None] * len(prompts)
+    out: list = [None] * len(prompts)
     bar = progress_bar(total=len(prompts), desc=desc, leave=False, on=progress)
     prefixes: dict = {}
     for g in groups:
-        for i, answer in zip(g, _generate_batch(lm, [prompts[i] for i in g], max_new_tokens, prefixes, config)):
-            out[i] = answer
+        got = _generate_batch(lm, [prompts[i] for i in g], max_new_tokens, prefixes, config, scored)
+        for j, i in enumerate(g):
+            out[i] = (got[0][j], got[1][j]) if scored else got[j]
         bar.update(len(g))
     bar.close()
-    return out  # type: ignore[return-value]
+    return out

@@ -103,8 +103,8 @@ def test_log_probabilities_with_a_shared_prompt_beginning_are_those_of_each_row_
     from rose_memory.sleep import teacher
 
     made = []
-    real_cache = teacher.new_cache
-    monkeypatch.setattr(teacher, "new_cache", lambda model: made.append(1) or real_cache(model))
+    real_encode = teacher.encode_prefix
+    monkeypatch.setattr(teacher, "encode_prefix", lambda *a: made.append(1) or real_encode(*a))
     got = _logprobs(lm, prompts[:3], answers[:3]) + _logprobs(lm, prompts[3:], answers[3:])
     assert made  # the chat rows shared their system turn
     got += _logprobs(lm, prompts, answers, chunk=4)[3:]  # a batch with nothing shared runs whole
@@ -118,3 +118,28 @@ def test_log_probabilities_with_a_shared_prompt_beginning_are_those_of_each_row_
             want = torch.log_softmax(head(h[len(p) - 1: len(p) + len(a) - 1]).float(), -1)
             assert lp.shape == want.shape
             assert torch.allclose(lp, want, atol=1e-4)
+
+
+def test_generation_gives_the_log_probabilities_a_forward_over_its_answer_gives(tiny_dir, single_thread):
+    """The unrelated prompts' references come from the generation (`generate_scored`): the same
+    answers as `generate_ids`, and at each answer token what a teacher-forced forward gives, for
+    rows left-padded beside longer ones and rows that share the chat template's beginning."""
+    import torch
+
+    from rose_memory.generate import chat_prompt, generate_ids, generate_scored
+    from rose_memory.sleep.teacher import _logprobs
+
+    lm = load_model(str(tiny_dir))
+    tok = lm.tokenizer
+    prompts = [tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"]
+               for q in ("Where does Aurelio Brandt live?", "What is Mira Tovan's job and where does she work?", "Hi")]
+    prompts += [tok(t)["input_ids"] for t in ("The capital of Germany is", "Water boils at")]
+    answers, logps = generate_scored(lm, prompts, max_new_tokens=6)
+    assert answers == generate_ids(lm, prompts, max_new_tokens=6)
+    kept = [i for i, a in enumerate(answers) if a]
+    assert len(kept) >= 3
+    want = _logprobs(lm, [prompts[i] for i in kept], [answers[i] for i in kept])
+    for i, w in zip(kept, want):
+        assert logps[i].shape == w.shape == (len(answers[i]), w.shape[1])
+        assert torch.allclose(logps[i], w, atol=1e-4)
+        assert [int(t) for t in logps[i].argmax(-1)] == answers[i]  # greedy: each token the top one
