@@ -72,8 +72,9 @@ class SleepConfig(BaseModel):
     # the training steps' matrix products in this precision (torch autocast; the factors, the teacher's
     # targets, the losses and every generated answer stay float32). "bfloat16" since 2026-12-03: a step
     # twice as fast on a CPU with AVX-512 BF16 (recent GPUs have it too); 47 against 49 of 69 questions on
-    # the first 6 dev subjects, locality equal; whole split, seed 0, with new sampled draws too: 0.671
-    # against 0.715 (docs/sleep.md, "A sleep in bfloat16"). "float32" where a device lacks bfloat16
+    # the first 6 dev subjects, locality equal; whole split with new sampled draws too: 0.671 against 0.715
+    # (seed 0), 0.667 against 0.707 (seed 1), sleeps 0.70-0.74 of the time (docs/sleep.md, "A sleep in
+    # bfloat16"). "float32" where a device lacks bfloat16
     train_precision: Literal["float32", "bfloat16"] = "bfloat16"
     steps: int = 48
     batch: int = 8                   # kept answers per step
