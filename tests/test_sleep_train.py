@@ -99,3 +99,37 @@ def test_the_student_trains_with_plain_attention_on_a_cpu_and_the_model_gets_its
         hook.remove()
     assert "eager" in seen
     assert lm.model.config._attn_implementation == before
+
+
+def test_facts_and_unrelated_rows_in_one_forward_train_as_in_two(tiny_dir):
+    """At `negative_gain` 1 a step runs its kept answers and unrelated rows as one right-padded batch;
+    every row's states are its own, so the losses and the trained factors are those of two forwards
+    (a gain a hair above 1 takes the two-forward path)."""
+    lm = load_model(str(tiny_dir))
+    facts = _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
+                       ("Where does Aurelio Brandt live? Tell me in one short sentence. He lives in", " Warsaw.")])
+    for e in facts:
+        target = torch.full((len(e.answer), len(lm.tokenizer)), -20.0)
+        target[:, 5] = 0.0
+        e.target_logprobs = torch.log_softmax(target, -1)
+    unrelated = _rows(lm, [("The capital of France is", " Paris, a city"), ("Mira Tovan's favorite food is", " pasta with")])
+    head = lm.model.get_output_embeddings()
+    with torch.no_grad():
+        h = full_forward(lm)(unrelated)
+        for i, e in enumerate(unrelated):
+            s = len(e.prompt) - 1
+            e.target_logprobs = torch.log_softmax(head(h[i, s: s + len(e.answer)]).float(), -1)
+    runs = {}
+    for gain in (1.0, 1.0 + 1e-6):
+        cfg = SleepConfig(modules="value", inputs="free", rank=2, layers=[2, 3], steps=4, lr=5e-2,
+                          negative_gain=gain, train_precision="float32")
+        losses = []
+        delta = train_delta(lm, facts, unrelated, cfg, on_step=lambda s, a, b: losses.append((a, b)))
+        runs[gain] = (losses, delta)
+    (one, d1), (two, d2) = runs.values()
+    assert one[-1][1] > 0  # the delta moved the unrelated rows, so their loss was computed
+    for (a1, b1), (a2, b2) in zip(one, two):
+        assert abs(a1 - a2) <= 1e-4 * max(1.0, abs(a2)) and abs(b1 - b2) <= 1e-4 * max(1.0, abs(b2))
+    for k in d1.factors:
+        for x, y in zip(d1.factors[k], d2.factors[k]):
+            assert torch.allclose(x, y, atol=1e-5)

@@ -103,8 +103,13 @@ def _kl(hidden: Hidden, head, examples: list[Example], device, per_sequence: boo
     that keeps each answer token ahead of every other token by that many nats: locality is
     judged on greedy tokens, and a KL that is small on average still flips the tokens that
     were only narrowly ahead."""
+    return _kl_of(hidden(examples), head, examples, device, per_sequence, margin)
+
+
+def _kl_of(h: torch.Tensor, head, examples: list[Example], device, per_sequence: bool = False,
+           margin: float = 0.0) -> torch.Tensor:
+    """`_kl` from the examples' last hidden states `h` [n, len, d] (rows in the examples' order)."""
     spans = [(len(e.prompt) - 1, len(e.answer)) for e in examples]  # positions that predict the answer
-    h = hidden(examples)
     sel = torch.cat([h[i, s: s + n] for i, (s, n) in enumerate(spans)])            # [tokens, d]
     student = torch.log_softmax(head(sel).float(), -1)
     teacher = torch.cat([e.target_logprobs for e in examples]).to(device)          # [tokens, vocab]
@@ -328,14 +333,20 @@ def train_delta(lm: LoadedModel, facts: list[Example], unrelated: list[Example],
                 neg = rng.sample(unrelated, min(cfg.negative_batch, len(unrelated))) if unrelated and cfg.kl_weight > 0 else []
                 opt.zero_grad()
                 with _precision(lm, cfg):
-                    fact_loss = _kl(hidden, head, pos, lm.device, per_sequence=cfg.per_sequence)
-                    for f in factors.values():
-                        f.gain = cfg.negative_gain
-                    try:
-                        keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
-                    finally:
+                    if neg and cfg.negative_gain == 1.0:
+                        # one forward over both kinds of rows (right-padded: each row's states are its own)
+                        h = hidden(pos + neg)
+                        fact_loss = _kl_of(h[: len(pos)], head, pos, lm.device, per_sequence=cfg.per_sequence)
+                        keep_loss = _kl_of(h[len(pos):], head, neg, lm.device, margin=cfg.margin)
+                    else:
+                        fact_loss = _kl(hidden, head, pos, lm.device, per_sequence=cfg.per_sequence)
                         for f in factors.values():
-                            f.gain = 1.0
+                            f.gain = cfg.negative_gain
+                        try:
+                            keep_loss = _kl(hidden, head, neg, lm.device, margin=cfg.margin) if neg else torch.zeros((), device=lm.device)
+                        finally:
+                            for f in factors.values():
+                                f.gain = 1.0
                 (fact_loss + cfg.kl_weight * keep_loss).backward()
                 opt.step()
                 if on_step is not None:
