@@ -15,24 +15,35 @@ def _rows(lm, pairs):
             for p, a in pairs]
 
 
+def _sharp(lm, rows):
+    """A sharp target the model does not give yet (token 5 at every answer position)."""
+    for e in rows:
+        target = torch.full((len(e.answer), len(lm.tokenizer)), -20.0)
+        target[:, 5] = 0.0
+        e.target_logprobs = torch.log_softmax(target, -1)
+    return rows
+
+
+def _own(lm, rows):
+    """Each row held to the model's own distributions: KL 0 before any training."""
+    head = lm.model.get_output_embeddings()
+    with torch.no_grad():
+        h = full_forward(lm)(rows)
+        for i, e in enumerate(rows):
+            s = len(e.prompt) - 1
+            e.target_logprobs = torch.log_softmax(head(h[i, s: s + len(e.answer)]).float(), -1)
+    return rows
+
+
 def test_unrelated_prompts_are_held_against_the_delta_times_the_gain(tiny_dir):
     """Step 0 starts from a zero delta, so every gain takes the same first step; the keep loss of
     step 1 is then the same delta seen by the unrelated prompts at gain 0 (nothing: their own
     distributions, loss 0), 1 and 4 (larger)."""
     lm = load_model(str(tiny_dir))
-    facts = _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
-                       ("Where does Aurelio Brandt live? He lives in", " Warsaw.")])
-    for e in facts:  # a sharp target the model does not give yet
-        target = torch.full((len(e.answer), len(lm.tokenizer)), -20.0)
-        target[:, 5] = 0.0
-        e.target_logprobs = torch.log_softmax(target, -1)
-    unrelated = _rows(lm, [("The capital of France is", " Paris, a city"), ("Mira Tovan's favorite food is", " pasta with")])
-    head = lm.model.get_output_embeddings()
-    with torch.no_grad():  # held to the model's own distributions: KL 0 before any training
-        h = full_forward(lm)(unrelated)
-        for i, e in enumerate(unrelated):
-            s = len(e.prompt) - 1
-            e.target_logprobs = torch.log_softmax(head(h[i, s: s + len(e.answer)]).float(), -1)
+    facts = _sharp(lm, _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
+                                  ("Where does Aurelio Brandt live? He lives in", " Warsaw.")]))
+    unrelated = _own(lm, _rows(lm, [("The capital of France is", " Paris, a city"),
+                                    ("Mira Tovan's favorite food is", " pasta with")]))
     keep = {}
     for gain in (0.0, 1.0, 4.0):
         cfg = SleepConfig(modules="value", inputs="free", rank=2, layers=[2, 3], steps=2, lr=5e-2, margin=0.0,
@@ -64,12 +75,8 @@ def test_bfloat16_training_learns_what_float32_learns(tiny_dir):
     """`train_precision="bfloat16"` autocasts the steps' products only: the factors come back float32
     and the fact loss falls step for step as in float32 (within bfloat16's rounding)."""
     lm = load_model(str(tiny_dir))
-    facts = _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
-                       ("Where does Aurelio Brandt live? He lives in", " Warsaw.")])
-    for e in facts:
-        target = torch.full((len(e.answer), len(lm.tokenizer)), -20.0)
-        target[:, 5] = 0.0
-        e.target_logprobs = torch.log_softmax(target, -1)
+    facts = _sharp(lm, _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
+                                  ("Where does Aurelio Brandt live? He lives in", " Warsaw.")]))
     weights = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     losses = {}
     for precision in ("float32", "bfloat16"):
@@ -106,19 +113,11 @@ def test_facts_and_unrelated_rows_in_one_forward_train_as_in_two(tiny_dir):
     every row's states are its own, so the losses and the trained factors are those of two forwards
     (a gain a hair above 1 takes the two-forward path)."""
     lm = load_model(str(tiny_dir))
-    facts = _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
-                       ("Where does Aurelio Brandt live? Tell me in one short sentence. He lives in", " Warsaw.")])
-    for e in facts:
-        target = torch.full((len(e.answer), len(lm.tokenizer)), -20.0)
-        target[:, 5] = 0.0
-        e.target_logprobs = torch.log_softmax(target, -1)
-    unrelated = _rows(lm, [("The capital of France is", " Paris, a city"), ("Mira Tovan's favorite food is", " pasta with")])
-    head = lm.model.get_output_embeddings()
-    with torch.no_grad():
-        h = full_forward(lm)(unrelated)
-        for i, e in enumerate(unrelated):
-            s = len(e.prompt) - 1
-            e.target_logprobs = torch.log_softmax(head(h[i, s: s + len(e.answer)]).float(), -1)
+    facts = _sharp(lm, _rows(lm, [("Aurelio Brandt lives in the city of", " Warsaw."),
+                                  ("Where does Aurelio Brandt live? Tell me in one short sentence. He lives in",
+                                   " Warsaw.")]))
+    unrelated = _own(lm, _rows(lm, [("The capital of France is", " Paris, a city"),
+                                    ("Mira Tovan's favorite food is", " pasta with")]))
     runs = {}
     for gain in (1.0, 1.0 + 1e-6):
         cfg = SleepConfig(modules="value", inputs="free", rank=2, layers=[2, 3], steps=4, lr=5e-2,
