@@ -1,0 +1,102 @@
+"""What the locality misses of an eval run are: leaks of the written facts, or other rewordings.
+
+Locality counts a probe as kept only if the first 8 generated tokens equal the unedited
+model's. Most probes are other people's questions, which the 135M model answers by
+confabulating, and such answers move under any change of the weights. This reads an
+`--answers` file of `rose-memory eval` and sorts each method's missed locality probes:
+
+- `locality file`: a prompt of the `--locality` file (world knowledge, raw or chat);
+- `leak`: the answer names an object written for the subject under edit (the harm locality
+  is there to catch: another person's question answered with this subject's fact);
+- `name respelt`: the asked person's whole name is in one of the two answers and not in the
+  other (the base model often garbles these names; an edit can garble or mend them);
+- `diverges at word N`: same name handling, the answers part at word N (0, 1-2 or 3+).
+
+With two methods (`--pair A B`), it also counts the probes kept by one and missed by the
+other, so a sleep's cost can be told from its write's:
+
+    python benchmarks/locality_misses.py docs/results/dev_batch_sleep_whole_3e4ccf3_seed1/answers.jsonl.gz \
+        --data ../shared/benchmark/same_subject_dev.jsonl --pair rose rose+consolidate
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import sys
+
+from rose_memory.eval.data import load_benchmark
+
+
+def read_answers(path: str) -> list[dict]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def kind_of(row: dict, objects: dict[str, list[str]], names: list[str]) -> str:
+    """One missed locality probe's kind (see the module's docstring)."""
+    # locality probes never ask about the subject under edit; its name in a prompt is context
+    asked = [n for n in names if n != row["subject"] and n in row["prompt"]]
+    if not asked:
+        return "locality file"
+    answer, before = row["answer"], row["target"]
+    if any(o.lower() in answer.lower() and o.lower() not in before.lower()
+           for o in objects.get(row["subject"], [])):
+        return "leak"
+    name = asked[0]
+    if (name in before) != (name in answer):
+        return "name respelt"
+    a, b = before.split(), answer.split()
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    return "diverges at word " + ("0" if k == 0 else "1-2" if k < 3 else "3+")
+
+
+def summarize(rows: list[dict], data: str, pair: tuple[str, str] | None = None) -> dict:
+    subjects = load_benchmark(data)
+    objects = {s.name: [f.target for f in s.facts] for s in subjects}
+    names = [s.name for s in subjects]
+    loc = [r for r in rows if r.get("metric") == "locality"]
+    if not loc:
+        raise SystemExit("no locality rows in this answers file (was the eval run with --locality?)")
+    out: dict = {"methods": {}}
+    by_method: dict[str, dict] = collections.defaultdict(dict)
+    for r in loc:
+        by_method[r["method"]][(r["subject"], r["prompt"])] = r
+    for method, probes in by_method.items():
+        kinds = collections.Counter(kind_of(r, objects, names) for r in probes.values() if not r["hit"])
+        out["methods"][method] = {"probes": len(probes), "kept": sum(r["hit"] for r in probes.values()),
+                                  "misses": dict(kinds.most_common())}
+    if pair:
+        a, b = (by_method.get(m) for m in pair)
+        if a is None or b is None:
+            raise SystemExit(f"--pair: the file has methods {sorted(by_method)}")
+        both = a.keys() & b.keys()
+        out["pair"] = {
+            "probes": len(both),
+            f"kept by {pair[0]} only": sum(a[k]["hit"] and not b[k]["hit"] for k in both),
+            f"kept by {pair[1]} only": sum(b[k]["hit"] and not a[k]["hit"] for k in both),
+            "missed by both": sum(not a[k]["hit"] and not b[k]["hit"] for k in both),
+            f"new misses of {pair[1]}": dict(collections.Counter(
+                kind_of(b[k], objects, names) for k in both if a[k]["hit"] and not b[k]["hit"]).most_common()),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("answers", help="an eval --answers file (.jsonl or .jsonl.gz)")
+    p.add_argument("--data", required=True, help="the benchmark file the run wrote (for names and objects)")
+    p.add_argument("--pair", nargs=2, metavar=("A", "B"), help="two methods of the file, compared probe by probe")
+    args = p.parse_args(argv)
+    json.dump(summarize(read_answers(args.answers), args.data, tuple(args.pair) if args.pair else None),
+              sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()

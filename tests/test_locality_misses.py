@@ -1,0 +1,54 @@
+"""benchmarks/locality_misses.py: each missed locality probe sorted by kind, two methods paired."""
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import locality_misses  # noqa: E402
+
+SUBJECTS = [
+    {"subject": "Ada Quill", "facts": [{"relation": "city", "prompt": "{} lives in the city of", "target": "Warsaw",
+                                        "paraphrases": ["{} has a home in"], "questions": ["Where does {} live?"]}]},
+    {"subject": "Bo Renn", "facts": [{"relation": "food", "prompt": "{}'s favorite food is", "target": "falafel",
+                                      "paraphrases": ["{} loves to eat"], "questions": ["What does {} eat?"]}]},
+]
+
+
+def _row(method, prompt, before, after):
+    return {"method": method, "subject": "Ada Quill", "metric": "locality", "prompt": prompt,
+            "answer": after, "target": before, "hit": before == after}
+
+
+def test_misses_are_sorted_by_kind_and_two_methods_paired(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(s) + "\n" for s in SUBJECTS))
+    q = "<|im_start|>user\nWhat does Bo Renn eat?<|im_end|>\n<|im_start|>assistant\n"
+    rows = [
+        _row("a", q, "Bo Renn eats rice.", "Bo Renn eats rice in Warsaw."),     # this subject's object
+        _row("a", q + " ", "Bo Renn eats rice.", "Bo Ren eats rice."),           # the name garbled
+        _row("a", q + "  ", "Bo Renn eats rice daily.", "Bo Renn eats bread."),  # parts at word 3
+        _row("a", q + "   ", "The food of Bo Renn.", "Bo Renn eats."),           # parts at once
+        _row("a", "The capital of France is", " Paris.", " Paris, France."),     # the locality file
+        _row("b", q, "Bo Renn eats rice.", "Bo Renn eats rice."),
+        _row("b", q + " ", "Bo Renn eats rice.", "Bo Renn eats rice."),
+        _row("b", q + "  ", "Bo Renn eats rice daily.", "Bo Renn eats rice daily."),
+        _row("b", q + "   ", "The food of Bo Renn.", "Bo Renn eats."),
+        _row("b", "The capital of France is", " Paris.", " Paris."),
+        {"method": "a", "subject": "Ada Quill", "metric": "instruction", "prompt": q, "answer": "", "target": "x",
+         "hit": False},
+    ]
+    path = tmp_path / "answers.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    out = locality_misses.summarize(locality_misses.read_answers(str(path)), str(data), ("b", "a"))
+
+    assert out["methods"]["a"] == {"probes": 5, "kept": 0, "misses": {
+        "leak": 1, "name respelt": 1, "diverges at word 3+": 1, "diverges at word 0": 1, "locality file": 1}}
+    assert out["methods"]["b"]["kept"] == 4 and out["methods"]["b"]["misses"] == {"diverges at word 0": 1}
+    assert out["pair"]["kept by b only"] == 4 and out["pair"]["kept by a only"] == 0
+    assert out["pair"]["missed by both"] == 1
+    assert out["pair"]["new misses of a"] == {
+        "leak": 1, "name respelt": 1, "diverges at word 3+": 1, "locality file": 1}
