@@ -86,6 +86,15 @@ def relation_questions(req: EditRequest) -> list[str]:
     return out
 
 
+def fixed_questions(req: EditRequest) -> list[str]:
+    """The questions made without the model: the relation's grammar, then the sentence forms."""
+    return relation_questions(req) + [f.format(text=req.text) for f in SENTENCE_FORMS]
+
+
+def open_requests(subject: str) -> list[str]:
+    return [f.format(subject=subject) for f in OPEN_FORMS]
+
+
 def _good_question(q: str, req: EditRequest) -> bool:
     q = q.strip()
     return (q.endswith("?") and 12 <= len(q) <= 120 and req.subject in q and "\n" not in q
@@ -115,9 +124,9 @@ def transfer_set(lm: LoadedModel, reqs: list[EditRequest], cfg: SleepConfig) -> 
     written = model_questions(lm, reqs, cfg)
     out = []
     for r, extra in zip(reqs, written):
-        qs = list(dict.fromkeys(relation_questions(r) + [f.format(text=r.text) for f in SENTENCE_FORMS] + extra))
+        qs = list(dict.fromkeys(fixed_questions(r) + extra))
         rng.shuffle(qs)
         n_held = max(1, round(cfg.held_out * len(qs)))
         out.append(FactQuestions(r, train=qs[n_held:], held=qs[:n_held]))
     subject = reqs[0].subject
-    return out, [f.format(subject=subject) for f in OPEN_FORMS]
+    return out, open_requests(subject)
