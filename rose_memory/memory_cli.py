@@ -84,8 +84,17 @@ def register(subparsers) -> None:
     q.add_argument("--port", type=int, default=8001, help="port to listen on (default 8001)")
     q.set_defaults(func=cmd_ledger_serve)
 
-    p = subparsers.add_parser("consolidate", parents=[with_model],
-                              help="sleep: distil each subject's written facts into the chat pathway (minutes per subject on a CPU)")
+    p = subparsers.add_parser(
+        "consolidate", parents=[with_model],
+        help="sleep: distil each subject's written facts into the chat pathway (minutes per subject on a CPU)",
+        description="Sleep, per subject with wake edits: questions are made about each fact, the model with "
+                    "the facts in its system prompt answers them, and a small low-rank delta is trained so that "
+                    "the weights answer the same way without the prompt. The delta is scaled down (by default 1 to 0.35) "
+                    "until it keeps 95% of the model's answers about made-up people it never trained on; each "
+                    "fact is then asked with questions held back from training, and the sleep is kept only if "
+                    "it answers more of them than the wake edits alone. Otherwise nothing changes. Every step is "
+                    "in the ledger (`rose-memory ledger show ID`); `forget --subject` undoes the sleep with the "
+                    "subject's writes. About 2-3 minutes a subject on 2 CPU cores. Settings: docs/sleep.md.")
     p.add_argument("--subject", help="only this subject (default: every subject with wake edits)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sleep_settings",
                    help="a sleep setting (SleepConfig field) for this home, kept in its config.json, e.g. --set steps=24")
