@@ -22,24 +22,28 @@ import sys
 
 from locality_misses import read_answers
 
-from rose_memory.eval.data import load_benchmark
+from rose_memory.eval.data import BenchSubject, load_benchmark
 from rose_memory.sleep.transfer import fixed_questions, open_requests
 
 
-def made_questions(data: str) -> set[str]:
-    """Every question the transfer set's fixed forms make for the split's facts, lower-cased."""
+def _key(question: str) -> str:
+    return question.strip().lower()
+
+
+def made_questions(subjects: list[BenchSubject]) -> set[str]:
+    """Every question the transfer set's fixed forms make for the subjects' facts (as `_key`s)."""
     out = set()
-    for subject in load_benchmark(data):
-        out.update(q.strip().lower() for r in subject.requests() for q in fixed_questions(r))
-        out.update(q.strip().lower() for q in open_requests(subject.name))
+    for subject in subjects:
+        out.update(_key(q) for r in subject.requests() for q in fixed_questions(r))
+        out.update(_key(q) for q in open_requests(subject.name))
     return out
 
 
 def summarize(data: str, answers: list[str] = ()) -> dict:
     subjects = load_benchmark(data)
-    made = made_questions(data)
+    made = made_questions(subjects)
     asked = {s.name: s.questions() for s in subjects}
-    overlap = [q for qs in asked.values() for q in qs if q.strip().lower() in made]
+    overlap = [q for qs in asked.values() for q in qs if _key(q) in made]
     out = {"questions": sum(map(len, asked.values())), "made by the transfer set": len(overlap),
            "those questions": overlap, "runs": {}}
     for path in answers:
@@ -51,7 +55,7 @@ def summarize(data: str, answers: list[str] = ()) -> dict:
             found = [q for q in asked.get(row["subject"], []) if q in row["prompt"]]
             if not found:
                 continue
-            key = (row["method"], "made" if max(found, key=len).strip().lower() in made else "not made")
+            key = (row["method"], "made" if _key(max(found, key=len)) in made else "not made")
             counts[key][0] += bool(row["hit"])
             counts[key][1] += 1
         out["runs"][path] = {f"{m}, {k}": {"hits": h, "of": n, "recall": round(h / n, 3)}
