@@ -177,7 +177,7 @@ def test_unknown_method():
 
 
 @pytest.mark.parametrize("case", ["missing", "malformed", "placeholder", "method", "outdir", "setting", "set_form",
-                                  "set_value", "device", "dtype"])
+                                  "set_value", "device", "dtype", "checkpoint"])
 def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, capsys, case):
     import rose_memory.model
     from rose_memory.cli import main
@@ -212,6 +212,9 @@ def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, c
         extra, expect = ["--device", "tpu9"], "unknown device 'tpu9'"
     elif case == "dtype":
         extra, expect = ["--dtype", "float8"], "invalid choice: 'float8'"
+    elif case == "checkpoint":
+        (tmp_path / "ckpt").write_text("x")
+        extra, expect = ["--checkpoint", str(tmp_path / "ckpt")], "is a file; give a folder"
     try:
         code = main(["eval", "--data", data, "--methods", methods, "--mode", "batch", "--json", out, *extra])
     except SystemExit as exit_:  # argparse's own checks (choices) exit with 2

@@ -39,6 +39,10 @@ def register(subparsers) -> None:
                         "at the end instead of the table")
     p.add_argument("--report", metavar="DIR", help="write report.md and a bar chart PNG here")
     p.add_argument("--answers", metavar="FILE", help="write every probe as one JSON line here")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="keep the run's progress in DIR after each subject (a sequential run's memory too); "
+                        "the same command with the same DIR goes on where a stopped run left off, and "
+                        "reads back the methods it finished")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="override an editing setting (EditConfig field) for every editing method, e.g. "
                    "--set stage_steps=8 --set layers=[4,5,6]; values are JSON (bare words are strings)")
@@ -130,6 +134,9 @@ def run_command(args: argparse.Namespace) -> int:
         _check_output(args.json, "--json")
     if args.answers:
         _check_output(args.answers, "--answers")
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint and os.path.exists(checkpoint) and not os.path.isdir(checkpoint):
+        raise RoseMemoryError(f"--checkpoint {checkpoint} is a file; give a folder")
     if args.report:
         if os.path.exists(args.report) and not os.path.isdir(args.report):
             raise RoseMemoryError(f"--report {args.report} is a file; give a folder")
@@ -151,7 +158,8 @@ def run_command(args: argparse.Namespace) -> int:
         lm = load_cached(args.model, args.device, args.dtype)
     stage(f"{len(subjects)} subject(s), methods {', '.join(methods)}, {args.mode} mode", progress)
     runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=progress,
-                    keep_records=bool(args.answers), edit_config=settings, sleep_config=sleep_settings)
+                    keep_records=bool(args.answers), edit_config=settings, sleep_config=sleep_settings,
+                    checkpoint=getattr(args, "checkpoint", None))
     run = EvalRun(model=lm.name, data=args.data, mode=args.mode)
 
     def save(result) -> None:

@@ -22,7 +22,9 @@ policy is off, so that `rose` measures the wake write alone). All other methods 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import random
 import tempfile
 import time
@@ -41,6 +43,7 @@ from ..errors import RoseMemoryError
 from ..holding import HELD
 from ..model import LoadedModel
 from . import metrics as M
+from .checkpoint import Checkpoint
 from .data import BenchSubject, LocalityItem, fact_sentence, fill
 from .generate import (
     BATCH_SIZE,
@@ -235,6 +238,14 @@ class _Tally:
         self.notes: list[str] = []
         self.records: list[dict] | None = [] if keep_records else None
 
+    def to_state(self) -> dict:
+        """Everything measured so far (a checkpoint's `tally`)."""
+        return {k: getattr(self, k) for k in ("hits", "fluency_after", "fluency_before", "ppl_after", "notes", "records")}
+
+    def restore(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
     def add(self, subject: str, metric: str, prompt: str, answer: str, target, hit) -> None:
         if metric in self.hits:
             self.hits[metric].append(bool(hit))
@@ -278,6 +289,7 @@ class Runner:
         memory_options: dict | None = None,
         edit_config: dict | None = None,
         sleep_config: dict | None = None,
+        checkpoint: str | os.PathLike | None = None,
     ):
         if mode not in MODES:
             raise RoseMemoryError(f"unknown mode {mode!r}; use batch or sequential")
@@ -306,6 +318,18 @@ class Runner:
         self.ppl_before: float | None = None
         self._question_tokens = M.LOCALITY_TOKENS
         self._step = 0
+        # progress on disk after each subject (checkpoint.py); None: a killed run starts over
+        self.checkpoint = None if checkpoint is None else Checkpoint(checkpoint, self._settings())
+
+    def _settings(self) -> dict:
+        """What makes this run what it is: a checkpoint made with other settings is not continued."""
+        from .. import __version__
+
+        return {"version": __version__, "model": self.lm.cache_id, "mode": self.mode, "seed": self.seed,
+                "subjects": [dataclasses.asdict(s) for s in self.subjects],
+                "locality": [dataclasses.asdict(it) for it in self.locality],
+                "edit_config": self.edit_config, "sleep_config": self.sleep_config.model_dump(),
+                "memory_options": self.memory_options, "keep_records": self.keep_records}
 
     # ---- the whole run -------------------------------------------------------------------
     def run(self, methods: Sequence[str], on_result: Callable[[MethodResult], None] | None = None) -> list[MethodResult]:
@@ -316,7 +340,8 @@ class Runner:
         self._reference_pass()
         results = []
         for method in methods:
-            result = self.run_method(method)
+            done = self.checkpoint.finished(method) if self.checkpoint is not None else None
+            result = done if done is not None else self.run_method(method)
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -341,10 +366,18 @@ class Runner:
             warm_up(self.lm, wake, self.edit_config, progress=self.progress)
         self._write_seconds, self._writes = 0.0, 0
         self._sleeps: list[dict] = []
+        start = 0
+        saved = self.checkpoint.progress(method) if self.checkpoint is not None else None
+        if saved is not None:
+            start = saved["next"]
+            tally.restore(saved["tally"])
+            self._write_seconds, self._writes, self._sleeps = saved["write_seconds"], saved["writes"], saved["sleeps"]
+            tally.notes.append(f"continued from the checkpoint at subject {start + 1} of {len(self.subjects)} "
+                               f"(the run was stopped and started again)")
         if self.mode == "batch":
-            self._batch(method, tally)
+            self._batch(method, tally, start)
         else:
-            self._sequential(method, tally)
+            self._sequential(method, tally, start)
         spw = self._write_seconds / self._writes if self._writes else 0.0
         if self._sleeps:
             secs = [x["seconds"] for x in self._sleeps]
@@ -359,7 +392,14 @@ class Runner:
                                f"{sum(x['wake_removed'] for x in self._sleeps)} wake edits removed")
         result = tally.result(spw, self.ppl_before)
         result.sleeps = self._sleeps
+        if self.checkpoint is not None:
+            self.checkpoint.save_finished(result)
         return result
+
+    def _save_progress(self, method: str, next_subject: int, tally: _Tally) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.save_progress(method, next_subject, tally.to_state(), self._write_seconds, self._writes,
+                                          self._sleeps)
 
     # ---- writing -------------------------------------------------------------------------
     def _write(self, method: str, requests: list) -> object:
@@ -380,9 +420,10 @@ class Runner:
         self._step += 1
         return f"{method}#{self._step}"
 
-    def _batch(self, method: str, tally: _Tally) -> None:
+    def _batch(self, method: str, tally: _Tally, start: int = 0) -> None:
         bar = self._bar(len(self.subjects), f"{method} (batch)")
-        for subject in self.subjects:
+        bar.update(start)
+        for i, subject in enumerate(self.subjects[start:], start):
             delta, context = None, ()
             state = self._new_state(method)
             applied: list = []
@@ -406,6 +447,7 @@ class Runner:
                     d.revert(self.lm.model)
                 if state != "clean":
                     self.answerer.drop(state)
+            self._save_progress(method, i + 1, tally)
             bar.update(1)
         bar.close()
 
@@ -439,20 +481,31 @@ class Runner:
                              "stages": stages})
         return [d for d in held.values() if d is not None and d.is_applied]
 
-    def _sequential(self, method: str, tally: _Tally) -> None:
+    def _sequential(self, method: str, tally: _Tally, start: int = 0) -> None:
         """One fact per write, subject after subject, never reverted.
 
-        Editing methods write through a ParametricMemory in a temporary home, so its
-        verification and its consolidation policy act as they do for a chatbot; the memory
-        returns the weights to the base model when it is closed.
+        Editing methods write through a ParametricMemory in a temporary home (the checkpoint's
+        folder when there is one), so its verification and its consolidation policy act as they
+        do for a chatbot; the memory returns the weights to the base model when it is closed.
+        From subject `start` on (a continued run): the memory reopened holds the earlier writes.
         """
         context: list[str] = []
         by_name: dict[str, list[str]] = {}  # retrieval: each written subject's sentences
+        for subject in self.subjects[:start]:
+            for fact in subject.facts:
+                context.append(fact_sentence(subject.name, fact))
+                by_name.setdefault(subject.name, []).append(context[-1])
+        if method not in ("in-context", "retrieval"):
+            context, by_name = [], {}
         memory, home = None, None
         if method not in RUNNER_METHODS:
             from ..memory import ParametricMemory
 
-            home = tempfile.TemporaryDirectory(prefix="rose-memory-eval-")
+            if self.checkpoint is not None:
+                home_path = str(self.checkpoint.memory_home(method))
+            else:
+                home = tempfile.TemporaryDirectory(prefix="rose-memory-eval-")
+                home_path = home.name
             options = dict(self.memory_options)
             if method not in SLEEP_METHODS:  # the wake write alone; rose+consolidate sleeps as the policy says
                 options["policy"] = {**options.get("policy", {}), "enabled": False}
@@ -461,11 +514,12 @@ class Runner:
             # would turn some writes into failures and hide it, and its rate limit would refuse a fast GPU's writes.
             options.setdefault("guard", {"enabled": False})
             options.setdefault("limits", {"max_writes_per_minute": None})
-            memory = ParametricMemory(home=home.name, model=self.lm, method=SLEEP_METHODS.get(method, method),
+            memory = ParametricMemory(home=home_path, model=self.lm, method=SLEEP_METHODS.get(method, method),
                                       progress=False, **options)
         bar = self._bar(sum(len(s.facts) for s in self.subjects), f"{method} (sequential)")
+        bar.update(sum(len(s.facts) for s in self.subjects[:start]))
         try:
-            for i, subject in enumerate(self.subjects):
+            for i, subject in enumerate(self.subjects[start:], start):
                 for fact in subject.facts:
                     if method in ("in-context", "retrieval"):
                         context.append(fact_sentence(subject.name, fact))
@@ -489,6 +543,7 @@ class Runner:
                               self.subjects[i + 1 :])
                 if state != "clean":
                     self.answerer.drop(state)
+                self._save_progress(method, i + 1, tally)
             if memory is not None:
                 rows = memory.edits()
                 slept = [r for r in rows if r["origin"] == "sleep"]
