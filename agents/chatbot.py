@@ -277,7 +277,7 @@ class ChatSession:
         elif name == "/sleep":
             try:
                 records = self.memory.consolidate(subject=arg or None, namespace=self.namespace)
-                turn.reply = "\n".join(describe_sleep(r) for r in records) or "Nothing awake to consolidate."
+                turn.reply = "\n".join(describe_sleep(r) for r in records) or "Nothing new to consolidate."
             except RoseMemoryError as err:
                 turn.errors.append(str(err))
         elif name == "/memories":

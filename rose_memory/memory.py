@@ -461,12 +461,18 @@ class ParametricMemory:
 
     # -- consolidation (rose_memory/consolidation.py runs the sleep stage) ------------------------
 
-    def consolidate(self, subject: str | None = None, namespace: str = "default") -> list[ConsolidationRecord]:
-        """Sleep: distil each subject's live wake edits in `namespace` into its sleep delta (every such subject if none given)."""
+    def consolidate(self, subject: str | None = None, namespace: str = "default", *,
+                    again: bool = False) -> list[ConsolidationRecord]:
+        """Sleep: distil a subject's live wake edits in `namespace` into its sleep delta.
+
+        With no `subject`: each subject with a wake edit written since its last sleep (what an idle
+        agent or the end of a conversation should call: a subject slept on, kept or refused, with
+        nothing new would take the same minutes for the same outcome); `again=True`: every subject
+        with a live wake edit (e.g. after changing the sleep settings). A named `subject` always sleeps."""
         with self._exclusive(check_namespace(namespace)):
             stage(f"sleep in namespace {namespace!r}" + (f", subject {subject!r}" if subject else "")
                   + " (minutes per subject on a CPU)", self.progress)
-            return consolidation.consolidate(self, subject, namespace)
+            return consolidation.consolidate(self, subject, namespace, new_only=subject is None and not again)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "consolidate", parents=[with_model],
         help="sleep: distil each subject's written facts into the chat pathway (minutes per subject on a CPU)",
-        description="Sleep, per subject with wake edits: questions are made about each fact, the model with "
+        description="Sleep, per subject with wake edits written since its last sleep: questions are made about each fact, the model with "
                     "the facts in its system prompt answers them, and a small low-rank delta is trained so that "
                     "the weights answer the same way without the prompt. The delta is scaled down (by default 1 to 0.35) "
                     "until it keeps 95% of the model's answers about made-up people it never trained on (refused "
@@ -96,7 +96,11 @@ def register(subparsers) -> None:
                     "it answers more of them than the wake edits alone. Otherwise nothing changes. Every step is "
                     "in the ledger (`rose-memory ledger show ID`); `forget --subject` undoes the sleep with the "
                     "subject's writes. About 2-3 minutes a subject on 2 CPU cores. Settings: docs/sleep.md.")
-    p.add_argument("--subject", help="only this subject (default: every subject with wake edits)")
+    p.add_argument("--subject", help="only this subject, slept again even if nothing of it is new (default: every "
+                                     "subject with a wake edit written since its last sleep)")
+    p.add_argument("--again", action="store_true",
+                   help="every subject with a live wake edit, also those slept since their last write "
+                        "(e.g. after changing the sleep settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sleep_settings",
                    help="a sleep setting (SleepConfig field) for this home, kept in its config.json, e.g. --set steps=24")
     p.set_defaults(func=cmd_consolidate)
@@ -364,7 +368,7 @@ def cmd_consolidate(args) -> int:
     settings = parse_sleep_settings(args.sleep_settings)  # checked before the model loads
     namespace = _namespace(args)
     with _open(args, **({"sleep": settings} if settings else {})) as mem:
-        records = mem.consolidate(subject=args.subject, namespace=namespace)
+        records = mem.consolidate(subject=args.subject, namespace=namespace, again=args.again)
     lines = []
     for r in records:
         passed = sum(f["stage"] == "consolidated" for f in r.facts)
@@ -374,7 +378,8 @@ def cmd_consolidate(args) -> int:
                      + f"; held-out questions before {r.recall_before.get('held_out', 0):.2f}, "
                      f"after {r.recall_after.get('held_out', 0):.2f} ({r.seconds:.0f} s)"
                      + (f" ({r.reason})" if r.reason else ""))
-    _emit(args, [r.model_dump() for r in records], "\n".join(lines) or "nothing to consolidate")
+    _emit(args, [r.model_dump() for r in records],
+          "\n".join(lines) or "nothing new to consolidate (every subject slept since its last write; --again sleeps them again)")
     return 0
 
 

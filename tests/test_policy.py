@@ -65,6 +65,20 @@ def test_the_interval_sleeps_only_subjects_with_new_wake_edits(tmp_path, tiny_di
     assert sorted(slept) == ["Aurelio", "Liora", "Liora"]
 
 
+def test_consolidate_sleeps_what_is_new_unless_asked_again(tmp_path, tiny_dir):
+    """`consolidate()` (an idle agent, the end of a conversation, `/sleep`) sleeps the subjects with
+    a wake edit since their last sleep; a subject slept on (here refused: no training steps) with
+    nothing new is left alone, unless named or `again=True`."""
+    with memory(tmp_path, tiny_dir, enabled=False) as mem:
+        assert [r.subject for r in mem.consolidate()] == ["Aurelio"]
+        assert mem.consolidate() == []                                   # nothing new since
+        assert [r.subject for r in mem.consolidate("Aurelio")] == ["Aurelio"]  # named: slept again
+        mem.write("Liora", [("plays the", "cello")])
+        assert [r.subject for r in mem.consolidate()] == ["Liora"]
+        assert sorted(r.subject for r in mem.consolidate(again=True)) == ["Aurelio", "Liora"]
+        assert sum(r["origin"] == "sleep" for r in mem.edits()) == 5 and mem.verify() == []
+
+
 def test_by_default_a_subjects_later_writes_do_not_leave_it_without_a_sleep():
     """Facts written one at a time (the eval's sequential mode), every sleep kept: a per-subject
     trigger at 3 writes sleeps each 4-fact subject at its third write, its fourth write supersedes that
