@@ -159,7 +159,7 @@ def run_command(args: argparse.Namespace) -> int:
     stage(f"{len(subjects)} subject(s), methods {', '.join(methods)}, {args.mode} mode", progress)
     runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=progress,
                     keep_records=bool(args.answers), edit_config=settings, sleep_config=sleep_settings,
-                    checkpoint=getattr(args, "checkpoint", None))
+                    checkpoint=checkpoint)
     run = EvalRun(model=lm.name, data=args.data, mode=args.mode)
 
     def save(result) -> None:

@@ -491,12 +491,11 @@ class Runner:
         """
         context: list[str] = []
         by_name: dict[str, list[str]] = {}  # retrieval: each written subject's sentences
-        for subject in self.subjects[:start]:
-            for fact in subject.facts:
-                context.append(fact_sentence(subject.name, fact))
-                by_name.setdefault(subject.name, []).append(context[-1])
-        if method not in ("in-context", "retrieval"):
-            context, by_name = [], {}
+        if method in ("in-context", "retrieval"):  # a continued run: the facts told before `start`
+            for subject in self.subjects[:start]:
+                for fact in subject.facts:
+                    context.append(fact_sentence(subject.name, fact))
+                    by_name.setdefault(subject.name, []).append(context[-1])
         memory, home = None, None
         if method not in RUNNER_METHODS:
             from ..memory import ParametricMemory
