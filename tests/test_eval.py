@@ -177,7 +177,7 @@ def test_unknown_method():
 
 
 @pytest.mark.parametrize("case", ["missing", "malformed", "placeholder", "method", "outdir", "setting", "set_form",
-                                  "set_value", "device", "dtype", "checkpoint"])
+                                  "set_value", "device", "dtype", "checkpoint", "end_sleep"])
 def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, capsys, case):
     import rose_memory.model
     from rose_memory.cli import main
@@ -215,6 +215,8 @@ def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, monkeypatch, c
     elif case == "checkpoint":
         (tmp_path / "ckpt").write_text("x")
         extra, expect = ["--checkpoint", str(tmp_path / "ckpt")], "is a file; give a folder"
+    elif case == "end_sleep":   # batch mode sleeps every subject already
+        extra, expect = ["--end-sleep"], "--end-sleep is for sequential mode"
     try:
         code = main(["eval", "--data", data, "--methods", methods, "--mode", "batch", "--json", out, *extra])
     except SystemExit as exit_:  # argparse's own checks (choices) exit with 2
@@ -461,3 +463,29 @@ def test_rose_then_sleep_in_batch_mode_leaves_the_weights_as_they_were(eval_lm, 
     assert all(torch.allclose(params[k], w, atol=1e-6) for k, w in weights.items())
     run = EvalRun(model="m", data="d", mode="batch", results=[result])
     assert "rose+consolidate" in markdown_table(run)
+
+
+@pytest.mark.slow
+def test_end_sleep_sleeps_what_is_new_after_the_last_write(eval_lm, tmp_path, monkeypatch):
+    """Sequential rose+consolidate with end_sleep: the policy never sleeps here, so every subject
+    sleeps once, after the last write and before the final probes; the weights are base afterwards."""
+    import rose_memory.memory
+    from rose_memory.eval.runner import Runner
+
+    subjects = load_benchmark(write_jsonl(tmp_path / "two.jsonl", [SUBJECT, SECOND]))
+    weights = {k: v.detach().clone() for k, v in eval_lm.model.named_parameters() if "mlp" in k}
+    calls: list = []
+    monkeypatch.setattr(rose_memory.memory, "edit", fake_edit_factory(eval_lm, calls))
+    runner = Runner(eval_lm, subjects, [], mode="sequential", progress=False, end_sleep=True,
+                    memory_options={"verify": {"min_edit_recall": 0.0},
+                                    "policy": {"every_n_writes": None, "recheck_every": None}},
+                    sleep_config={"steps": 0, "samples": 0, "model_questions": 0, "other_names": 2,
+                                  "generic_negatives": 2, "canary_names": 2, "delta_scales": [1.0]})
+    (result,) = runner.run(["rose+consolidate"])
+    assert len(calls) == 3  # one write per fact
+    assert sorted(x["subject"] for x in result.sleeps) == sorted(s.name for s in subjects)
+    assert any(n.startswith("end sleep: after the last write, 2 subject(s)") for n in result.notes)
+    params = dict(eval_lm.model.named_parameters())
+    assert all(torch.allclose(params[k], w, atol=1e-6) for k, w in weights.items())
+    with pytest.raises(RoseMemoryError, match="for sequential mode"):
+        Runner(eval_lm, subjects, [], mode="batch", end_sleep=True)

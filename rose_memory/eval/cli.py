@@ -43,6 +43,10 @@ def register(subparsers) -> None:
                    help="keep the run's progress in DIR after each subject (a sequential run's memory too); "
                         "the same command with the same DIR goes on where a stopped run left off, and "
                         "reads back the methods it finished")
+    p.add_argument("--end-sleep", action="store_true",
+                   help="sequential mode, rose+consolidate: after the last write, sleep every subject with a wake "
+                        "edit since its last sleep before the final probes (the end of a conversation); without "
+                        "it the memory's policy alone decides when it sleeps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="override an editing setting (EditConfig field) for every editing method, e.g. "
                    "--set stage_steps=8 --set layers=[4,5,6]; values are JSON (bare words are strings)")
@@ -66,6 +70,8 @@ def command_line(args: argparse.Namespace) -> str:
         value = getattr(args, flag, None)
         if value is not None and not (flag in ("device", "dtype") and value == "auto"):
             parts += [f"--{flag}", str(value)]
+    if getattr(args, "end_sleep", False):
+        parts.append("--end-sleep")
     for item in getattr(args, "settings", None) or []:
         parts += ["--set", item]
     for item in getattr(args, "sleep_settings", None) or []:
@@ -134,6 +140,9 @@ def run_command(args: argparse.Namespace) -> int:
         _check_output(args.json, "--json")
     if args.answers:
         _check_output(args.answers, "--answers")
+    end_sleep = bool(getattr(args, "end_sleep", False))
+    if end_sleep and args.mode != "sequential":
+        raise RoseMemoryError("--end-sleep is for sequential mode; in batch mode every subject sleeps after its write")
     checkpoint = getattr(args, "checkpoint", None)
     if checkpoint and os.path.exists(checkpoint) and not os.path.isdir(checkpoint):
         raise RoseMemoryError(f"--checkpoint {checkpoint} is a file; give a folder")
@@ -159,7 +168,7 @@ def run_command(args: argparse.Namespace) -> int:
     stage(f"{len(subjects)} subject(s), methods {', '.join(methods)}, {args.mode} mode", progress)
     runner = Runner(lm, subjects, locality, mode=args.mode, seed=args.seed, progress=progress,
                     keep_records=bool(args.answers), edit_config=settings, sleep_config=sleep_settings,
-                    checkpoint=checkpoint)
+                    checkpoint=checkpoint, end_sleep=end_sleep)
     run = EvalRun(model=lm.name, data=args.data, mode=args.mode)
 
     def save(result) -> None:

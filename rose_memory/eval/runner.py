@@ -8,7 +8,8 @@ Modes (shared/benchmark/README.md):
   memory's own verification and consolidation policy act as they would for a chatbot.
   After each subject the locality probes (locality file + questions of the subjects not yet
   edited) and fluency are measured; efficacy, generalization and instruction of every subject
-  are measured at the end, when all writes are in.
+  are measured at the end, when all writes are in (with `end_sleep`, rose+consolidate first
+  sleeps what is new since the policy's last round, as at the end of a conversation).
 
 Methods `none` (unedited model), `in-context` (the facts written so far put in the context:
 the system message for questions, a preamble for raw text; no weight change) and `retrieval`
@@ -290,9 +291,12 @@ class Runner:
         edit_config: dict | None = None,
         sleep_config: dict | None = None,
         checkpoint: str | os.PathLike | None = None,
+        end_sleep: bool = False,
     ):
         if mode not in MODES:
             raise RoseMemoryError(f"unknown mode {mode!r}; use batch or sequential")
+        if end_sleep and mode != "sequential":
+            raise RoseMemoryError("--end-sleep is for sequential mode; in batch mode every subject sleeps after its write")
         if not subjects:
             raise RoseMemoryError("no subjects to evaluate")
         check_chat_template(lm)
@@ -318,6 +322,10 @@ class Runner:
         self.ppl_before: float | None = None
         self._question_tokens = M.LOCALITY_TOKENS
         self._step = 0
+        # Sequential rose+consolidate: after the last write, sleep every subject with a wake edit since
+        # its last sleep, as an agent does when a conversation ends; off, the policy's cadence alone
+        # decides, and the subjects told after its last round answer from their wake edits.
+        self.end_sleep = end_sleep
         # progress on disk after each subject (checkpoint.py); None: a killed run starts over
         self.checkpoint = None if checkpoint is None else Checkpoint(checkpoint, self._settings())
 
@@ -329,7 +337,9 @@ class Runner:
                 "subjects": [dataclasses.asdict(s) for s in self.subjects],
                 "locality": [dataclasses.asdict(it) for it in self.locality],
                 "edit_config": self.edit_config, "sleep_config": self.sleep_config.model_dump(),
-                "memory_options": self.memory_options, "keep_records": self.keep_records}
+                "memory_options": self.memory_options, "keep_records": self.keep_records,
+                # named only when on, so that checkpoints made before the option existed still match
+                **({"end_sleep": True} if self.end_sleep else {})}
 
     # ---- the whole run -------------------------------------------------------------------
     def run(self, methods: Sequence[str], on_result: Callable[[MethodResult], None] | None = None) -> list[MethodResult]:
@@ -532,8 +542,10 @@ class Runner:
                             tally.notes.append(f"write of {fact_sentence(subject.name, fact)!r} {record.status}: "
                                                f"{record.reason}")
                     bar.update(1)
-                state = self._new_state(method)
                 last = i == len(self.subjects) - 1
+                if last and self.end_sleep and memory is not None and method in SLEEP_METHODS:
+                    self._end_sleep(memory, tally)
+                state = self._new_state(method)
                 # The last state also answers every subject's probes: all writes are in.
                 told = tuple(context)
                 if method == "retrieval":  # each subject's facts, found by its name in the probe
@@ -556,6 +568,16 @@ class Runner:
                 memory.close()
             if home is not None:
                 home.cleanup()
+
+    @staticmethod
+    def _end_sleep(memory, tally: _Tally) -> None:
+        """The end of the conversation: sleep what is new since the policy's last round (a continued
+        run that stopped during it sleeps only the subjects not yet slept)."""
+        began = time.perf_counter()
+        records = memory.consolidate()
+        kept = sum(r.status == "applied" for r in records)
+        tally.notes.append(f"end sleep: after the last write, {len(records)} subject(s) with wake edits since their "
+                           f"last sleep slept ({kept} kept) in {time.perf_counter() - began:.0f} s")
 
     # ---- measuring one model state ---------------------------------------------------------
     def _measure(
