@@ -13,7 +13,9 @@ confabulating, and such answers move under any change of the weights. This reads
 - `diverges at word N`: same name handling, the answers part at word N (0, 1-2 or 3+).
 
 With two methods (`--pair A B`), it also counts the probes kept by one and missed by the
-other, so a sleep's cost can be told from its write's:
+other, so a sleep's cost can be told from its write's. With `--by-state`, each model state's
+locality in the run's order (the subject after whose writes it was measured): in sequential
+mode, how locality falls as edits accumulate, and the locality file's share of it.
 
     python benchmarks/locality_misses.py docs/results/dev_batch_sleep_whole_3e4ccf3_seed1/answers.jsonl.gz \
         --data ../shared/benchmark/same_subject_dev.jsonl --pair rose rose+consolidate
@@ -56,7 +58,21 @@ def kind_of(row: dict, objects: dict[str, list[str]], names: list[str]) -> str:
     return "diverges at word " + ("0" if k == 0 else "1-2" if k < 3 else "3+")
 
 
-def summarize(rows: list[dict], data: str, pair: tuple[str, str] | None = None) -> dict:
+def by_state(probes: list[dict], names: list[str]) -> list[dict]:
+    """Per state in the run's order: probes kept, and the locality file's prompts among them."""
+    states: dict[str, list[int]] = {}
+    for r in probes:
+        kept = states.setdefault(r["subject"], [0, 0, 0, 0])
+        in_file = not any(n != r["subject"] and n in r["prompt"] for n in names)
+        kept[0] += r["hit"]
+        kept[1] += 1
+        kept[2] += r["hit"] and in_file
+        kept[3] += in_file
+    return [{"after": s, "kept": k[0], "probes": k[1], "locality": round(k[0] / k[1], 3),
+             "file kept": k[2], "file probes": k[3]} for s, k in states.items()]
+
+
+def summarize(rows: list[dict], data: str, pair: tuple[str, str] | None = None, states: bool = False) -> dict:
     subjects = load_benchmark(data)
     objects = {s.name: [f.target for f in s.facts] for s in subjects}
     names = [s.name for s in subjects]
@@ -71,6 +87,8 @@ def summarize(rows: list[dict], data: str, pair: tuple[str, str] | None = None) 
         kinds = collections.Counter(kind_of(r, objects, names) for r in probes.values() if not r["hit"])
         out["methods"][method] = {"probes": len(probes), "kept": sum(r["hit"] for r in probes.values()),
                                   "misses": dict(kinds.most_common())}
+        if states:
+            out["methods"][method]["by state"] = by_state(list(probes.values()), names)
     if pair:
         a, b = (by_method.get(m) for m in pair)
         if a is None or b is None:
@@ -92,9 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("answers", help="an eval --answers file (.jsonl or .jsonl.gz)")
     p.add_argument("--data", required=True, help="the benchmark file the run wrote (for names and objects)")
     p.add_argument("--pair", nargs=2, metavar=("A", "B"), help="two methods of the file, compared probe by probe")
+    p.add_argument("--by-state", action="store_true",
+                   help="also each model state's locality in the run's order (sequential mode: as edits accumulate)")
     args = p.parse_args(argv)
-    json.dump(summarize(read_answers(args.answers), args.data, tuple(args.pair) if args.pair else None),
-              sys.stdout, indent=1)
+    json.dump(summarize(read_answers(args.answers), args.data, tuple(args.pair) if args.pair else None,
+                        args.by_state), sys.stdout, indent=1)
     print()
 
 

@@ -52,3 +52,17 @@ def test_misses_are_sorted_by_kind_and_two_methods_paired(tmp_path):
     assert out["pair"]["missed by both"] == 1
     assert out["pair"]["new misses of a"] == {
         "leak": 1, "name respelt": 1, "diverges at word 3+": 1, "locality file": 1}
+
+
+def test_locality_by_state_in_the_run_order(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(s) + "\n" for s in SUBJECTS))
+    q = "<|im_start|>user\nWhat does Bo Renn eat?<|im_end|>\n<|im_start|>assistant\n"
+    first = [_row("m", q, "Bo Renn eats rice.", "Bo Renn eats rice."),
+             _row("m", "The capital of France is", " Paris.", " Paris.")]
+    # the state after Bo Renn's writes: no unedited subject left, only the locality file's prompt
+    second = [dict(_row("m", "The capital of France is", " Paris.", " Paris, France."), subject="Bo Renn")]
+    out = locality_misses.summarize(first + second, str(data), states=True)
+    assert out["methods"]["m"]["by state"] == [
+        {"after": "Ada Quill", "kept": 2, "probes": 2, "locality": 1.0, "file kept": 1, "file probes": 1},
+        {"after": "Bo Renn", "kept": 0, "probes": 1, "locality": 0.0, "file kept": 0, "file probes": 1}]
