@@ -29,7 +29,7 @@ from rose_memory.sleep import SleepOutcome
 from rose_memory.tiny import save_tiny_model, tiny_home
 
 
-def kept_sleep(lm, reqs, groups, set_weights, cfg, progress=False, on_step=None) -> SleepOutcome:
+def kept_sleep(lm, reqs, groups, set_weights, cfg, progress=False, on_step=None, remembered=()) -> SleepOutcome:
     """A sleep that is kept and changes nothing: a zero delta, every fact left on its wake edit."""
     name, w = next((n, p) for n, p in lm.model.named_parameters() if "down_proj" in n)
     delta = Delta({name: (torch.zeros(w.shape[0], 1), torch.zeros(w.shape[1], 1))}, method="schedule")

@@ -73,6 +73,15 @@ def _facts(rows: list[dict]) -> dict[str, dict]:
     return {f["prompt"]: f for r in rows for f in r["facts"]}  # a later edit wins a relation
 
 
+def _remembered(mem: "ParametricMemory", namespace: str, subject: str) -> list:
+    """The live facts of the namespace's other subjects, oldest subject first: a sleep holds them as they are."""
+    by_subject: dict[str, list[dict]] = {}
+    for r in mem.ledger.rows(status="applied", namespace=namespace):
+        if r["subject"] != subject:
+            by_subject.setdefault(r["subject"], []).append(r)
+    return [req for s, rows in by_subject.items() for req in stored_requests(s, list(_facts(rows).values()))]
+
+
 def sleep_subject(mem: "ParametricMemory", namespace: str, subject: str, rows: list[dict]) -> ConsolidationRecord | None:
     """Sleep one subject whose applied rows are `rows`; None if there is nothing awake to consolidate."""
     wake = [r for r in rows if r["origin"] != "sleep"]
@@ -89,6 +98,7 @@ def sleep_subject(mem: "ParametricMemory", namespace: str, subject: str, rows: l
     others = {i: d for i, d in mem.live.items() if i not in replaced_ids}
     wake_deltas = {r["id"]: mem.live[r["id"]] for r in wake}
     cfg = SleepConfig.model_validate(mem.config.sleep)
+    remembered = _remembered(mem, namespace, subject)
     faults.point("sleep:pending")
 
     def set_weights(scales: list[float], delta) -> None:
@@ -98,7 +108,8 @@ def sleep_subject(mem: "ParametricMemory", namespace: str, subject: str, rows: l
     fields: dict = {}
     try:
         out = consolidate_subject(mem.lm, reqs, groups, set_weights, cfg, progress=mem.progress,
-                                  on_step=lambda kind, data: (mem.ledger.note(eid, {kind: data}), faults.point(f"sleep:{kind}")))
+                                  on_step=lambda kind, data: (mem.ledger.note(eid, {kind: data}), faults.point(f"sleep:{kind}")),
+                                  remembered=remembered)
         after = out.after  # the final wake scales' gate (steps[-1] is the last scale tried, not always the one kept)
         first = [f["before"] for f in out.facts]
         recall_before = {"edit": sum(f["edit"] for f in first) / len(first),

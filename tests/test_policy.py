@@ -101,3 +101,24 @@ def test_by_default_a_subjects_later_writes_do_not_leave_it_without_a_sleep():
     assert per_subject["sleeps"] == 3 and per_subject["status"] == {"superseded": 3} and per_subject["ending_slept"] == 0
     interval = schedule(subjects, {"every_n_writes": 5})
     assert interval["ending_slept"] == 2 and interval["ending_awake"] == ["Wren Castell"]
+
+
+def test_a_sleep_holds_the_other_subjects_facts_as_they_are(tmp_path, tiny_dir):
+    """A subject's sleep is given the facts the memory holds about other subjects (their edit forms and
+    an open request each join the unrelated prompts), at most `remembered` of them."""
+    from rose_memory.consolidation import _remembered
+
+    with memory(tmp_path, tiny_dir, enabled=False) as mem:
+        mem.write("Liora", [("plays the", "cello")])
+        assert [(r.subject, r.target) for r in _remembered(mem, "default", "Liora")] == [
+            ("Aurelio", "Warsaw"), ("Aurelio", "brown")]
+        (rec,) = mem.consolidate("Liora")
+        noted = [e["data"]["transfer_set"] for e in mem.ledger.events(rec.edit_id) if "transfer_set" in e["data"]]
+        assert noted[0]["remembered"] == 2
+        with_two = noted[0]["unrelated"]
+    home = tmp_path / "home"
+    with ParametricMemory(home, sleep={**NO_TRAINING, "remembered": 0}) as mem:
+        (rec,) = mem.consolidate("Liora")
+        noted = [e["data"]["transfer_set"] for e in mem.ledger.events(rec.edit_id) if "transfer_set" in e["data"]]
+        # Aurelio's two edit forms and one open request about him, where the memory answered them
+        assert noted[0]["remembered"] == 0 and noted[0]["unrelated"] <= with_two - 3 + 0

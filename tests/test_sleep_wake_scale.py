@@ -62,7 +62,7 @@ def test_the_memory_refuses_a_sleep_that_leaves_a_wake_edit_partly_scaled(tmp_pa
                   "after": {"edit": 1.0, "held_out": 1.0}, "kept_answers": 0, "sentence_answers": 0, "answers": []}]
         delta = scaled(mem.live[wake], 0.1)
 
-        def sleep(lm, reqs, groups, set_weights, cfg, progress=False, on_step=None):
+        def sleep(lm, reqs, groups, set_weights, cfg, progress=False, on_step=None, remembered=()):
             set_weights([0.5], delta)
             return SleepOutcome(delta=delta, facts=facts, wake_scales=[0.5], after={"edit": 1.0, "held_out": 1.0, "passed": 1.0})
 

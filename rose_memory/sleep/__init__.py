@@ -11,7 +11,7 @@ crash safety) and the benchmark (plain deltas) drive the same procedure.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
@@ -88,8 +88,12 @@ def _canary_scale(lm: LoadedModel, delta: Delta, canary: list[list[int]], ref: l
 
 def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: list[list[int]], set_weights: SetWeights,
                         cfg: SleepConfig | None = None, progress: bool = False,
-                        on_step: Callable[[str, dict], None] | None = None) -> SleepOutcome:
+                        on_step: Callable[[str, dict], None] | None = None,
+                        remembered: Sequence[EditRequest] = ()) -> SleepOutcome:
     """Distil one subject's facts into a new delta and gate each fact; see the module docstring.
+
+    `remembered`: facts the memory holds about other subjects (their edits live in the weights), which
+    the new delta must leave as they are (`SleepConfig.remembered`).
 
     `wake_groups[j]` lists the indexes into `reqs` of the facts wake edit j holds;
     `set_weights(scales, delta)` must set the live weights to everything else + wake edit j
@@ -127,7 +131,7 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     # (measured with free input factors; keep_reference="before_wake" asks it of a trace-keyed delta)
     wake = [cfg.student_wake] * len(wake_groups)
     set_weights(zeros if cfg.keep_reference == "before_wake" else wake, None)
-    unrelated = unrelated_examples(lm, facts, people[: cfg.other_names], cfg)
+    unrelated = unrelated_examples(lm, facts, people[: cfg.other_names], cfg, remembered)
     canary = canary_prompts(lm, facts, people[cfg.other_names:], cfg)
     canary_ref = generate_ids(lm, canary, max_new_tokens=CANARY_TOKENS)
     canary_min, wake_alone = cfg.canary_min, []
@@ -137,7 +141,8 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
         canary_min = min(canary_min, wake_kept)  # no further from the model before the write than the write alone
         wake_alone = [{"scale": 0.0, "canary_same": round(wake_kept, 3), "wake_alone": True}]
     note("transfer_set", {"questions": [{"prompt": f.request.prompt, "train": f.train, "held_out": f.held} for f in facts],
-                          "open_requests": open_requests, "kept": counts, "unrelated": len(unrelated)})
+                          "open_requests": open_requests, "kept": counts, "unrelated": len(unrelated),
+                          "remembered": min(len(remembered), cfg.remembered)})
     bar.update(1)
     stage("training")
     losses: list[tuple[float, float]] = []

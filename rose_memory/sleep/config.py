@@ -93,6 +93,12 @@ class SleepConfig(BaseModel):
     people: Literal["syllables", "recombined"] = "syllables"
     person_questions: int = 3        # everyday questions per other person (people.PERSON_QUESTIONS, cycled)
     generic_negatives: int = 12      # generic chat and text prompts held to their old answers
+    # facts the memory holds about other subjects, asked in their edit form (and each such subject an open
+    # request), held to the memory's answers and part of the unrelated inputs a trace-keyed delta is whitened
+    # by: without them each sleep wore earlier subjects' edits away (sequential dev split, seed 0, 4bd0957:
+    # the first subject's edit forms 3/3 after the first sleep round, 0/3 after the fourth, each loss at
+    # another subject's sleep); 0: off. At most this many facts (a seeded draw when the memory holds more)
+    remembered: int = Field(24, ge=0)
     negative_tokens: int = 8         # answer tokens of each unrelated prompt that the KL covers (what locality compares)
     margin: float = Field(1.0, ge=0.0)             # hinge: each old answer token kept ahead of the others by this many nats (0: off)
     # scale of the sleep delta: the largest of `delta_scales` whose answers about `canary_names`

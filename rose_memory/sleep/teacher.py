@@ -11,7 +11,9 @@ model's own greedy answers and distributions: the student is held to those.
 
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +28,14 @@ from .people import person_questions
 from .sampling import sample
 from .transfer import FactQuestions
 
-# Unrelated prompts the student is held to (none about any subject written here).
-GENERIC_CHAT = ("What is the capital of Italy?", "How do plants make their food?", "Give me a tip for sleeping better.",
-                "What is 12 times 7?", "Who wrote Romeo and Juliet?", "Why is the sky blue?",
+# Unrelated prompts the student is held to (none about any subject written here, and none of the
+# benchmark's locality prompts: until 2026-12-03 two of them were here word for word, "What is the
+# capital of Italy?" and "Who wrote Romeo and Juliet?", and "The largest planet in the solar system is").
+GENERIC_CHAT = ("What is the capital of Canada?", "How do plants make their food?", "Give me a tip for sleeping better.",
+                "What is 12 times 7?", "Who painted the Mona Lisa?", "Why is the sky blue?",
                 "Name three fruits.", "How do I boil an egg?", "What language is spoken in Brazil?",
                 "Tell me a fun fact about space.", "What does a doctor do?", "Translate 'thank you' into French.")
-GENERIC_TEXT = ("The capital of Germany is", "Water boils at a temperature of", "The largest planet in the solar system is",
+GENERIC_TEXT = ("The capital of Germany is", "Water boils at a temperature of", "The longest river in Africa is",
                 "My favorite season of the year is", "The first president of the United States was",
                 "Most people who live in Spain speak")
 
@@ -226,14 +230,29 @@ def canary_prompts(lm: LoadedModel, facts: list[FactQuestions], names: list[str]
     return _other_people(lm, facts, names, cfg)
 
 
-def unrelated_examples(lm: LoadedModel, facts: list[FactQuestions], names: list[str], cfg: SleepConfig) -> list[Example]:
-    """Other people asked this subject's and everyday questions, and generic prompts, with the model's own answers."""
+def remembered_prompts(lm: LoadedModel, remembered: Sequence[EditRequest], cfg: SleepConfig) -> list[list[int]]:
+    """Facts the memory holds about other subjects: each in its edit form (raw text), and each of their
+    subjects asked an open request (chat); at most `cfg.remembered` facts, a seeded draw when there are more."""
+    tok = lm.tokenizer
+    chosen = list(remembered)
+    if len(chosen) > cfg.remembered:
+        chosen = random.Random(cfg.seed).sample(chosen, cfg.remembered)
+    subjects = list(dict.fromkeys(r.subject for r in chosen))
+    return ([tok(r.prompt.replace("{}", r.subject))["input_ids"] for r in chosen]
+            + [tok(chat_prompt(lm, f"Tell me about {s}."), add_special_tokens=False)["input_ids"] for s in subjects])
+
+
+def unrelated_examples(lm: LoadedModel, facts: list[FactQuestions], names: list[str], cfg: SleepConfig,
+                       remembered: Sequence[EditRequest] = ()) -> list[Example]:
+    """Other people asked this subject's and everyday questions, generic prompts, and the facts the memory
+    holds about other subjects (`remembered`), with the model's own answers."""
     tok = lm.tokenizer
     generic_raw = list(GENERIC_TEXT[: cfg.generic_negatives // 2])  # half text, half chat
     chats = list(GENERIC_CHAT[: cfg.generic_negatives - len(generic_raw)])
     prompts = _other_people(lm, facts, names, cfg)
     prompts += [tok(chat_prompt(lm, q), add_special_tokens=False)["input_ids"] for q in chats]
     prompts += [tok(t)["input_ids"] for t in generic_raw]
+    prompts += remembered_prompts(lm, remembered, cfg) if cfg.remembered > 0 else []
     # the distributions come from the generation itself (a second forward over prompt + answer took a
     # third of this step's time and gave the same figures)
     answers, logps = generate_scored(lm, prompts, max_new_tokens=cfg.negative_tokens)
