@@ -1,0 +1,126 @@
+"""Replay a memory home's ledger edit by edit and ask the subjects' probes after each sleep: which
+write or sleep wore which subject's facts away.
+
+A memory keeps every delta it applied and, per ledger row, what replaced it (`superseded_by`,
+`consolidated_into`). Applying the rows in order, each removing the rows it replaced, rebuilds
+the weights as they were after every write and sleep. After each sleep row that was kept (and
+after the last row) this asks each written subject's efficacy prompts (raw text) and questions
+(chat template) from a benchmark file, scored as `rose-memory eval` scores them, and prints one
+line per state. Rows that never took effect (failed, pending) are skipped; a forgotten row is
+left out from the start (the ledger does not say when it left).
+
+    python benchmarks/ledger_replay.py runs/seq/checkpoint/memory-rose-consolidate \
+        --data benchmarks/data/same_subject_dev.jsonl --subjects 4
+
+The sequential eval's `--checkpoint DIR` keeps such a home in `DIR/memory-<method>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+LANDED = ("applied", "superseded", "consolidated")
+
+
+def states(rows: list[dict]) -> list[tuple[dict, list[int]]]:
+    """(row, ids live once it landed) for each row that took effect, in ledger order."""
+    live: list[int] = []
+    out = []
+    for r in sorted(rows, key=lambda r: r["id"]):
+        if r["status"] not in LANDED or not r.get("delta_file"):
+            continue
+        live = [i for i in live if not any(q["id"] == i and r["id"] in (q["superseded_by"], q["consolidated_into"])
+                                           for q in rows)]
+        live.append(r["id"])
+        out.append((r, list(live)))
+    return out
+
+
+def read_rows(home: Path) -> list[dict]:
+    db = sqlite3.connect(f"file:{home / 'ledger.sqlite'}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM edits ORDER BY id")]
+    finally:
+        db.close()
+
+
+def replay(home: str, data: str, n_subjects: int | None = None, model: str | None = None) -> list[dict]:
+    from rose_memory.eval.data import load_benchmark
+    from rose_memory.eval.generate import decode, encode, render
+    from rose_memory.eval.metrics import hit
+    from rose_memory.eval.runner import MAX_NEW_TOKENS, main_probes
+    from rose_memory.generate import generate_ids
+    from rose_memory.model import load_cached
+    from rose_memory.stores.deltas import load_delta
+
+    root = Path(home)
+    rows = read_rows(root)
+    if not rows:
+        raise SystemExit(f"{home}: the ledger has no rows")
+    written = list(dict.fromkeys(r["subject"] for r in rows if r["origin"] != "sleep"))
+    bench = {s.name: s for s in load_benchmark(data)}
+    asked = [bench[n] for n in written if n in bench][:n_subjects]
+    if not asked:
+        raise SystemExit(f"none of the memory's subjects is in {data}")
+    lm = load_cached(model)
+    config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
+    if model is None and config.get("model") not in (None, "", lm.name):
+        print(f"note: the memory was written with {config.get('model')!r}; replaying on {lm.name!r}", file=sys.stderr)
+    deltas: dict[int, object] = {}
+    applied: list[int] = []
+    out = []
+    timeline = states(rows)
+    for k, (row, live) in enumerate(timeline):
+        if row["origin"] != "sleep" and k != len(timeline) - 1:
+            continue
+        for i in [i for i in applied if i not in live]:
+            deltas[i].revert(lm.model)
+            applied.remove(i)
+        for i in live:
+            if i not in applied:
+                if i not in deltas:
+                    r = next(q for q in rows if q["id"] == i)
+                    deltas[i] = load_delta(root / "deltas" / r["delta_file"], r["delta_sha256"])
+                deltas[i].apply(lm.model)
+                applied.append(i)
+        told = {r["subject"] for r in rows if r["id"] <= row["id"]}
+        probes = [p for s in asked if s.name in told for p in main_probes(s) if p.metric in ("efficacy", "instruction")]
+        ids = generate_ids(lm, [encode(lm, render(lm, p.text, p.chat), p.chat) for p in probes], max_new_tokens=MAX_NEW_TOKENS)
+        answers = [decode(lm, a) for a in ids]
+        per: dict[str, dict[str, list[int]]] = {}
+        for p, a in zip(probes, answers):
+            got = per.setdefault(p.subject, {}).setdefault(p.metric, [0, 0])
+            got[0] += hit(a, p.target)
+            got[1] += 1
+        out.append({"row": row["id"], "origin": row["origin"], "subject": row["subject"], "live": len(live), "recall": per})
+    for i in applied:
+        deltas[i].revert(lm.model)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("home", help="a memory home (its ledger.sqlite and deltas/)")
+    p.add_argument("--data", required=True, help="the benchmark file whose facts were written (for the probes)")
+    p.add_argument("--subjects", type=int, default=None, help="ask only the first N subjects written")
+    p.add_argument("--model", default=None, help="the model the memory was written with (default: the embedded one)")
+    p.add_argument("--json", action="store_true", help="print the states as JSON")
+    args = p.parse_args(argv)
+    out = replay(args.home, args.data, args.subjects, args.model)
+    if args.json:
+        json.dump(out, sys.stdout, indent=1)
+        print()
+        return
+    for s in out:
+        cells = " ".join(f"{name.split()[0]} {m['efficacy'][0]}/{m['efficacy'][1]} {m['instruction'][0]}/{m['instruction'][1]}"
+                         for name, m in s["recall"].items())
+        print(f"row {s['row']:>4} {s['origin']:<7} {s['subject'][:18]:<18} live {s['live']:>3} | {cells}")
+
+
+if __name__ == "__main__":
+    main()
