@@ -23,6 +23,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import torch
+
 LANDED = ("applied", "superseded", "consolidated")
 
 
@@ -49,6 +51,19 @@ def read_rows(home: Path) -> list[dict]:
         db.close()
 
 
+def add(params: dict, base: dict, delta) -> None:
+    """Add `delta` to the weights, first keeping each touched weight's value in `base` (a state is undone
+    by copying `base` back: subtracting again, as Delta.revert does, leaves rounding in the weights)."""
+    with torch.no_grad():
+        for name in delta.factors:
+            if name not in params:
+                raise SystemExit(f"the model has no {name!r}: was the memory written with another model?")
+            w = params[name]
+            base.setdefault(name, w.detach().clone())
+            upd = delta.matrix(name)
+            w.add_((upd if upd.shape == w.shape else upd.T).to(w.device, w.dtype))
+
+
 def replay(home: str, data: str, n_subjects: int | None = None, model: str | None = None) -> list[dict]:
     from rose_memory.eval.data import load_benchmark
     from rose_memory.eval.generate import decode, encode, render
@@ -72,34 +87,37 @@ def replay(home: str, data: str, n_subjects: int | None = None, model: str | Non
     if model is None and config.get("model") not in (None, "", lm.name):
         print(f"note: the memory was written with {config.get('model')!r}; replaying on {lm.name!r}", file=sys.stderr)
     deltas: dict[int, object] = {}
-    applied: list[int] = []
+    params = dict(lm.model.named_parameters())
+    base: dict[str, torch.Tensor] = {}  # the touched weights as they were: each state is rebuilt from them
     out = []
     timeline = states(rows)
-    for k, (row, live) in enumerate(timeline):
-        if row["origin"] != "sleep" and k != len(timeline) - 1:
-            continue
-        for i in [i for i in applied if i not in live]:
-            deltas[i].revert(lm.model)
-            applied.remove(i)
-        for i in live:
-            if i not in applied:
+    try:
+        for k, (row, live) in enumerate(timeline):
+            if row["origin"] != "sleep" and k != len(timeline) - 1:
+                continue
+            with torch.no_grad():
+                for name, w in base.items():
+                    params[name].copy_(w)
+            for i in live:
                 if i not in deltas:
                     r = next(q for q in rows if q["id"] == i)
                     deltas[i] = load_delta(root / "deltas" / r["delta_file"], r["delta_sha256"])
-                deltas[i].apply(lm.model)
-                applied.append(i)
-        told = {r["subject"] for r in rows if r["id"] <= row["id"]}
-        probes = [p for s in asked if s.name in told for p in main_probes(s) if p.metric in ("efficacy", "instruction")]
-        ids = generate_ids(lm, [encode(lm, render(lm, p.text, p.chat), p.chat) for p in probes], max_new_tokens=MAX_NEW_TOKENS)
-        answers = [decode(lm, a) for a in ids]
-        per: dict[str, dict[str, list[int]]] = {}
-        for p, a in zip(probes, answers):
-            got = per.setdefault(p.subject, {}).setdefault(p.metric, [0, 0])
-            got[0] += hit(a, p.target)
-            got[1] += 1
-        out.append({"row": row["id"], "origin": row["origin"], "subject": row["subject"], "live": len(live), "recall": per})
-    for i in applied:
-        deltas[i].revert(lm.model)
+                add(params, base, deltas[i])
+            told = {r["subject"] for r in rows if r["id"] <= row["id"]}
+            probes = [p for s in asked if s.name in told for p in main_probes(s) if p.metric in ("efficacy", "instruction")]
+            ids = generate_ids(lm, [encode(lm, render(lm, p.text, p.chat), p.chat) for p in probes], max_new_tokens=MAX_NEW_TOKENS)
+            answers = [decode(lm, a) for a in ids]
+            per: dict[str, dict[str, list[int]]] = {}
+            for p, a in zip(probes, answers):
+                got = per.setdefault(p.subject, {}).setdefault(p.metric, [0, 0])
+                got[0] += hit(a, p.target)
+                got[1] += 1
+            out.append({"row": row["id"], "origin": row["origin"], "subject": row["subject"], "live": len(live), "recall": per})
+    finally:
+        # the model is the process's cached one: leave it exactly as it was, whatever happened
+        with torch.no_grad():
+            for name, w in base.items():
+                params[name].copy_(w)
     return out
 
 
