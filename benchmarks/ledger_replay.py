@@ -9,6 +9,11 @@ after the last row) this asks each written subject's efficacy prompts (raw text)
 line per state. Rows that never took effect (failed, pending) are skipped; a forgotten row is
 left out from the start (the ledger does not say when it left).
 
+With `--locality` it also asks, at each of those states and at the last write before each round of
+sleeps, the questions of the data file's subjects not yet told (as the eval's sequential locality
+does), kept when the first 8 tokens equal the unedited model's: which writes and which sleeps moved
+other people's answers.
+
     python benchmarks/ledger_replay.py runs/seq/checkpoint/memory-rose-consolidate \
         --data benchmarks/data/same_subject_dev.jsonl --subjects 4
 
@@ -51,6 +56,15 @@ def read_rows(home: Path) -> list[dict]:
         db.close()
 
 
+def probed(rows: list[dict], before_sleeps: bool = False) -> set[int]:
+    """Indexes of the states to ask: each sleep, the last row, and with `before_sleeps` the row before
+    each run of sleeps (so that a round's change can be told from the writes' before it)."""
+    last = len(rows) - 1
+    return {k for k, r in enumerate(rows)
+            if r["origin"] == "sleep" or k == last
+            or (before_sleeps and k < last and rows[k + 1]["origin"] == "sleep")}
+
+
 def add(params: dict, base: dict, delta) -> None:
     """Add `delta` to the weights, first keeping each touched weight's value in `base` (a state is undone
     by copying `base` back: subtracting again, as Delta.revert does, leaves rounding in the weights)."""
@@ -64,11 +78,12 @@ def add(params: dict, base: dict, delta) -> None:
             w.add_((upd if upd.shape == w.shape else upd.T).to(w.device, w.dtype))
 
 
-def replay(home: str, data: str, n_subjects: int | None = None, model: str | None = None) -> list[dict]:
+def replay(home: str, data: str, n_subjects: int | None = None, model: str | None = None,
+           locality: bool = False) -> list[dict]:
     from rose_memory.eval.data import load_benchmark
     from rose_memory.eval.generate import decode, encode, render
-    from rose_memory.eval.metrics import hit
-    from rose_memory.eval.runner import MAX_NEW_TOKENS, main_probes
+    from rose_memory.eval.metrics import LOCALITY_TOKENS, hit, same_start
+    from rose_memory.eval.runner import MAX_NEW_TOKENS, locality_probes, main_probes
     from rose_memory.generate import generate_ids
     from rose_memory.model import load_cached
     from rose_memory.stores.deltas import load_delta
@@ -86,14 +101,22 @@ def replay(home: str, data: str, n_subjects: int | None = None, model: str | Non
     config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
     if model is None and config.get("model") not in (None, "", lm.name):
         print(f"note: the memory was written with {config.get('model')!r}; replaying on {lm.name!r}", file=sys.stderr)
+    def ask(probes, tokens):
+        return generate_ids(lm, [encode(lm, render(lm, p.text, p.chat), p.chat) for p in probes], max_new_tokens=tokens)
+
+    strangers = {}  # locality: the unedited model's answers to every subject's questions, asked before any row
+    if locality:
+        probes = locality_probes([], list(bench.values()), LOCALITY_TOKENS)
+        strangers = {(p.subject, p.text): (p, ids) for p, ids in zip(probes, ask(probes, LOCALITY_TOKENS))}
     deltas: dict[int, object] = {}
     params = dict(lm.model.named_parameters())
     base: dict[str, torch.Tensor] = {}  # the touched weights as they were: each state is rebuilt from them
     out = []
     timeline = states(rows)
+    asked_at = probed([r for r, _ in timeline], before_sleeps=locality)
     try:
         for k, (row, live) in enumerate(timeline):
-            if row["origin"] != "sleep" and k != len(timeline) - 1:
+            if k not in asked_at:
                 continue
             with torch.no_grad():
                 for name, w in base.items():
@@ -105,14 +128,18 @@ def replay(home: str, data: str, n_subjects: int | None = None, model: str | Non
                 add(params, base, deltas[i])
             told = {r["subject"] for r in rows if r["id"] <= row["id"]}
             probes = [p for s in asked if s.name in told for p in main_probes(s) if p.metric in ("efficacy", "instruction")]
-            ids = generate_ids(lm, [encode(lm, render(lm, p.text, p.chat), p.chat) for p in probes], max_new_tokens=MAX_NEW_TOKENS)
-            answers = [decode(lm, a) for a in ids]
+            answers = [decode(lm, a) for a in ask(probes, MAX_NEW_TOKENS)]
             per: dict[str, dict[str, list[int]]] = {}
             for p, a in zip(probes, answers):
                 got = per.setdefault(p.subject, {}).setdefault(p.metric, [0, 0])
                 got[0] += hit(a, p.target)
                 got[1] += 1
-            out.append({"row": row["id"], "origin": row["origin"], "subject": row["subject"], "live": len(live), "recall": per})
+            state = {"row": row["id"], "origin": row["origin"], "subject": row["subject"], "live": len(live), "recall": per}
+            if locality:  # the questions of the subjects not yet told, as the eval's sequential locality asks them
+                asked_now = [pi for key, pi in strangers.items() if key[0] not in told]
+                now = ask([p for p, _ in asked_now], LOCALITY_TOKENS) if asked_now else []
+                state["strangers"] = [sum(same_start(ref, a) for (_, ref), a in zip(asked_now, now)), len(asked_now)]
+            out.append(state)
     finally:
         # the model is the process's cached one: leave it exactly as it was, whatever happened
         with torch.no_grad():
@@ -127,9 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="the benchmark file whose facts were written (for the probes)")
     p.add_argument("--subjects", type=int, default=None, help="ask only the first N subjects written")
     p.add_argument("--model", default=None, help="the model the memory was written with (default: the embedded one)")
+    p.add_argument("--locality", action="store_true",
+                   help="also ask the questions of the subjects not yet told (kept: the first 8 tokens as the unedited "
+                        "model's), before and after each round of sleeps")
     p.add_argument("--json", action="store_true", help="print the states as JSON")
     args = p.parse_args(argv)
-    out = replay(args.home, args.data, args.subjects, args.model)
+    out = replay(args.home, args.data, args.subjects, args.model, locality=args.locality)
     if args.json:
         json.dump(out, sys.stdout, indent=1)
         print()
@@ -137,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     for s in out:
         cells = " ".join(f"{name.split()[0]} {m['efficacy'][0]}/{m['efficacy'][1]} {m['instruction'][0]}/{m['instruction'][1]}"
                          for name, m in s["recall"].items())
-        print(f"row {s['row']:>4} {s['origin']:<7} {s['subject'][:18]:<18} live {s['live']:>3} | {cells}")
+        loc = f" | strangers {s['strangers'][0]}/{s['strangers'][1]}" if "strangers" in s else ""
+        print(f"row {s['row']:>4} {s['origin']:<7} {s['subject'][:18]:<18} live {s['live']:>3} | {cells}{loc}")
 
 
 if __name__ == "__main__":
