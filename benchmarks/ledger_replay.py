@@ -78,6 +78,13 @@ def add(params: dict, base: dict, delta) -> None:
             w.add_((upd if upd.shape == w.shape else upd.T).to(w.device, w.dtype))
 
 
+def restore(params: dict, base: dict) -> None:
+    """Copy the kept values of the touched weights back (see `add`)."""
+    with torch.no_grad():
+        for name, w in base.items():
+            params[name].copy_(w)
+
+
 def replay(home: str, data: str, n_subjects: int | None = None, model: str | None = None,
            locality: bool = False) -> list[dict]:
     from rose_memory.eval.data import load_benchmark
@@ -104,10 +111,10 @@ def replay(home: str, data: str, n_subjects: int | None = None, model: str | Non
     def ask(probes, tokens):
         return generate_ids(lm, [encode(lm, render(lm, p.text, p.chat), p.chat) for p in probes], max_new_tokens=tokens)
 
-    strangers = {}  # locality: the unedited model's answers to every subject's questions, asked before any row
+    strangers = []  # locality: the unedited model's answers to every subject's questions, asked before any row
     if locality:
         probes = locality_probes([], list(bench.values()), LOCALITY_TOKENS)
-        strangers = {(p.subject, p.text): (p, ids) for p, ids in zip(probes, ask(probes, LOCALITY_TOKENS))}
+        strangers = list(zip(probes, ask(probes, LOCALITY_TOKENS)))
     deltas: dict[int, object] = {}
     params = dict(lm.model.named_parameters())
     base: dict[str, torch.Tensor] = {}  # the touched weights as they were: each state is rebuilt from them
@@ -118,9 +125,7 @@ def replay(home: str, data: str, n_subjects: int | None = None, model: str | Non
         for k, (row, live) in enumerate(timeline):
             if k not in asked_at:
                 continue
-            with torch.no_grad():
-                for name, w in base.items():
-                    params[name].copy_(w)
+            restore(params, base)
             for i in live:
                 if i not in deltas:
                     r = next(q for q in rows if q["id"] == i)
@@ -136,15 +141,12 @@ def replay(home: str, data: str, n_subjects: int | None = None, model: str | Non
                 got[1] += 1
             state = {"row": row["id"], "origin": row["origin"], "subject": row["subject"], "live": len(live), "recall": per}
             if locality:  # the questions of the subjects not yet told, as the eval's sequential locality asks them
-                asked_now = [pi for key, pi in strangers.items() if key[0] not in told]
+                asked_now = [(p, ref) for p, ref in strangers if p.subject not in told]
                 now = ask([p for p, _ in asked_now], LOCALITY_TOKENS) if asked_now else []
                 state["strangers"] = [sum(same_start(ref, a) for (_, ref), a in zip(asked_now, now)), len(asked_now)]
             out.append(state)
     finally:
-        # the model is the process's cached one: leave it exactly as it was, whatever happened
-        with torch.no_grad():
-            for name, w in base.items():
-                params[name].copy_(w)
+        restore(params, base)  # the model is the process's cached one: leave it exactly as it was, whatever happened
     return out
 
 
