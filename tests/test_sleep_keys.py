@@ -138,6 +138,36 @@ def test_module_inputs_are_those_of_the_full_forward(tiny_dir):
     assert all(not get_module(lm.model, p)._forward_hooks for p in paths)
 
 
+def test_module_inputs_of_rows_that_begin_alike_are_each_rows_own(tiny_dir):
+    """Rows sharing a long beginning (a chat template's system turn) run it once; each row still gets
+    the inputs its own forward gives, whole rows, prompt tokens only, or chosen positions, in order."""
+    lm = load_model(str(tiny_dir))
+    tok, pad = lm.tokenizer, lm.tokenizer.pad_token_id
+    paths = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.v_proj"]
+    system = "You are a helpful assistant who answers questions about people in one short sentence. "
+    texts = [system + "Where does Aurelio Brandt live?", system + "Tell me a joke.", system + "Who is Mira Tovan?",
+             system + "Where does Aurelio Brandt live?"]
+    rows = [Example(tok(t)["input_ids"], tok(a, add_special_tokens=False)["input_ids"], torch.zeros(0), "fact")
+            for t, a in zip(texts, [" In Oslo.", " No.", " A baker from Lyon.", " Warsaw, Poland."])]
+    seen = {p: [] for p in paths}
+    hooks = [get_module(lm.model, p).register_forward_hook(lambda m, i, o, p=p: seen[p].append(i[0].detach()[0]))
+             for p in paths]
+    with torch.no_grad():
+        for e in rows:  # one at a time: no padding, no shared beginning
+            lm.model(input_ids=torch.tensor([e.prompt + e.answer]))
+    for h in hooks:
+        h.remove()
+    where = [[0, 3, len(e.prompt) - 1, len(e.prompt) + 1] for e in rows]
+    for prompt_only, positions in ((False, None), (True, None), (True, where), (False, where)):
+        got = _inputs(lm.model, paths, rows, prompt_only, pad, lm.device, positions=positions)
+        for p in paths:
+            parts = []
+            for e, x, w in zip(rows, seen[p], where):
+                upto = len(e.prompt) if prompt_only else len(x)
+                parts.append(x[[q for q in w if q < upto]] if positions else x[:upto])
+            assert torch.allclose(got[p], torch.cat(parts).float(), atol=1e-5), (p, prompt_only, positions)
+
+
 def test_name_inputs_run_each_prompt_once_and_give_every_row_its_own(tiny_dir):
     """Rows that share a prompt (several kept answers to one question) get the inputs at the
     subject's tokens that a forward over each whole row (prompt and answer) gives, row for row."""

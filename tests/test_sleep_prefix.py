@@ -90,3 +90,44 @@ def test_training_with_the_cached_prefix_lowers_the_loss(tiny_dir):
     finally:
         handles.revert(lm.model)
     assert after < before
+
+
+def test_rows_that_begin_alike_run_their_beginning_once(tiny_dir):
+    """Rows opening with the same long beginning (a chat template's system turn) share it once per
+    forward; rows that do not open with it ride along in the same forward. States and gradients are
+    those of the full forward."""
+    lm = load_model(str(tiny_dir))
+    system = "You are a helpful assistant who answers questions about people in one short sentence. "
+    rows = _rows(lm, [system + t for t in TEXTS]) + _rows(lm, ["The capital of France is", "Hello"], answer=" Paris.")
+    hidden, used = cached_forward(lm, 2, rows, rows[:2])
+    assert used and hidden.shared >= 8
+    assert all(e.prompt[: hidden.shared] == rows[0].prompt[: hidden.shared] for e in rows[:4])
+    full = full_forward(lm)
+    with torch.no_grad():
+        for batch in (rows, rows[2:], rows[3:5], rows[4:]):  # mixed, one row alike (plain path), none alike
+            want, got = full(batch), hidden(batch)
+            for i, e in enumerate(batch):
+                n = len(e.prompt) + len(e.answer)
+                assert torch.allclose(got[i, :n], want[i, :n], atol=1e-5), i
+    alike, used = cached_forward(lm, 2, rows[:4], rows[:2])  # one chunk, all alike: the cache is built sharing it too
+    assert used and alike.shared >= 8
+    with torch.no_grad():
+        want, got = full(rows[:4]), alike(rows[:4])
+    for i, e in enumerate(rows[:4]):
+        n = len(e.prompt) + len(e.answer)
+        assert torch.allclose(got[i, :n], want[i, :n], atol=1e-5), i
+    assert len(lm.model.model.layers) == 4
+    assert [blk.self_attn.layer_idx for blk in lm.model.model.layers] == [0, 1, 2, 3]  # numbering put back
+    v = lm.model.model.layers[3].self_attn.v_proj
+    grads = []
+    for forward in (full, hidden):
+        extra = torch.zeros(v.out_features, requires_grad=True)
+        hook = v.register_forward_hook(lambda m, i, o: o + extra)
+        try:
+            h = forward(rows)
+            real = torch.cat([h[i, : len(e.prompt) + len(e.answer)] for i, e in enumerate(rows)])
+            lm.model.get_output_embeddings()(real).float().logsumexp(-1).sum().backward()
+        finally:
+            hook.remove()
+        grads.append(extra.grad)
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)

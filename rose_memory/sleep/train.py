@@ -13,6 +13,7 @@ from ..arch import get_module, num_layers, spec_for
 from ..errors import RoseMemoryError
 from ..editing.delta import Delta
 from ..editing.hooks import stop_after_block
+from ..generate import cache_kwarg, new_cache, shared_length
 from ..model import LoadedModel
 from .config import SleepConfig
 from .prefix import Hidden, block_of, cached_forward
@@ -90,11 +91,6 @@ def _plain_attention(lm: LoadedModel):
         config._attn_implementation = old
 
 
-def _batch(examples: list[Example], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, mask = right_padded([e.prompt + e.answer for e in examples], pad)
-    return ids.to(device), mask.to(device)
-
-
 def _kl(hidden: Hidden, head, examples: list[Example], device, per_sequence: bool = False,
         margin: float = 0.0) -> torch.Tensor:
     """KL(target || student) at every answer token: the mean over tokens, or (per_sequence) the
@@ -126,38 +122,59 @@ def _kl_of(h: torch.Tensor, head, examples: list[Example], device, per_sequence:
 def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool, pad: int, device,
             positions: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """Each module's input vectors [n, d_in] over the examples' tokens (prompt tokens only if asked;
-    only `positions[i]` of example i if given). The forward runs the model's body only and stops after
-    the deepest module's block (`stop_after_block`): the blocks above it and the output head (a
-    49k-word vocabulary on the embedded model) would be computed for nothing."""
-    out: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    keep = None
-
-    def grab(p, inputs):
-        out[p].append(inputs[0].detach()[keep].float().cpu())
-
+    only `positions[i]` of example i if given), rows in the examples' order. The forward runs the
+    model's body only and stops after the deepest module's block (`stop_after_block`): the blocks
+    above it and the output head (a 49k-word vocabulary on the embedded model) would be computed for
+    nothing. Rows go in chunks sorted by prompt, so a chunk mostly shares its beginning (the chat
+    template's system turn): that runs once, its key/value cache serves the chunk, and its inputs
+    stand for every row's (a causal model computes them the same in each)."""
+    rows: list[dict[str, torch.Tensor]] = [{} for _ in examples]
+    grabbed: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
     body = getattr(model, "base_model", model)
+    key = cache_kwarg(body)
     last = max(block_of(model, p) for p in paths)
-    hooks = [get_module(model, p).register_forward_hook(lambda m, i, o, p=p: grab(p, i)) for p in paths]
+    hooks = [get_module(model, p).register_forward_hook(lambda m, i, o, p=p: grabbed[p].append(i[0].detach().float().cpu()))
+             for p in paths]
+    order = sorted(range(len(examples)), key=lambda i: (list(examples[i].prompt), i))
     try:
         with torch.no_grad():
-            for start in range(0, len(examples), 16):
-                chunk = examples[start:start + 16]
-                ids, mask = _batch(chunk, pad, device)
-                keep = mask.bool()
-                if prompt_only:
-                    for i, e in enumerate(chunk):
-                        keep[i, len(e.prompt):] = False
-                if positions is not None:
-                    chosen = torch.zeros_like(keep)
-                    for i, pos in enumerate(positions[start:start + 16]):
-                        chosen[i, pos] = True
-                    keep &= chosen
+            for start in range(0, len(order), 16):
+                chunk = [examples[i] for i in order[start:start + 16]]
+                tokens = [list(e.prompt) + list(e.answer) for e in chunk]
+                shared = shared_length([list(e.prompt) for e in chunk])
+                for v in grabbed.values():
+                    v.clear()
+                kwargs = {}
+                if shared:
+                    cache = new_cache(body)
+                    with stop_after_block(model, last):
+                        body(input_ids=torch.tensor([tokens[0][:shared]], device=device), use_cache=True, **{key: cache})
+                    cache.batch_repeat_interleave(len(chunk))
+                    kwargs = {key: cache, "use_cache": True}
+                ids, mask = right_padded([t[shared:] for t in tokens], pad)
+                if shared:
+                    mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype), mask], 1)
                 with stop_after_block(model, last):
-                    body(input_ids=ids, attention_mask=mask)
+                    body(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+                for p, got in grabbed.items():
+                    for j, i in enumerate(order[start:start + 16]):
+                        x = got[-1][j, : len(tokens[j]) - shared]
+                        rows[i][p] = torch.cat([got[0][0], x]) if shared else x
     finally:
         for h in hooks:
             h.remove()
-    return {p: torch.cat(v) for p, v in out.items()}
+    out = {}
+    for p in paths:
+        picked = []
+        for i, e in enumerate(examples):
+            x = rows[i][p]
+            if positions is not None:
+                x = x[sorted({q for q in positions[i] if q < (len(e.prompt) if prompt_only else len(x))})]
+            elif prompt_only:
+                x = x[: len(e.prompt)]
+            picked.append(x)
+        out[p] = torch.cat(picked)
+    return out
 
 
 def subject_directions(model, paths: list[str], facts: list[Example], unrelated: list[Example], cfg: SleepConfig,
