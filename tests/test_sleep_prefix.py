@@ -20,24 +20,20 @@ TEXTS = ["Aurelio Brandt lives in the city of", "Where does Aurelio Brandt live?
          "The capital of France is", "Mira Tovan's favorite food is a dish that everyone in her town loves, namely"]
 
 
-def test_cached_prefix_gives_the_full_forwards_states_and_gradients(tiny_dir):
-    lm = load_model(str(tiny_dir))
-    rows = _rows(lm, TEXTS)
-    assert block_of(lm.model, "model.layers.2.self_attn.v_proj") == 2
-    hidden, used = cached_forward(lm, 2, rows, rows[:2])
-    assert used
-    full = full_forward(lm)
+def _same_states(lm, forwards, batch):
+    """Every real position of every row (not the padding) has the same state in both forwards."""
     with torch.no_grad():
-        for batch in (rows, rows[1:3], rows[3:]):   # other batch widths than the cached ones
-            want, got = full(batch), hidden(batch)
-            for i, e in enumerate(batch):
-                n = len(e.prompt) + len(e.answer)
-                assert torch.allclose(got[i, :n], want[i, :n], atol=1e-5), i
-    assert len(lm.model.model.layers) == 4          # the block list is put back after each call
-    # a trained module above the cached blocks gets the same gradient either way
+        want, got = (f(batch) for f in forwards)
+    for i, e in enumerate(batch):
+        n = len(e.prompt) + len(e.answer)
+        assert torch.allclose(got[i, :n], want[i, :n], atol=1e-5), i
+
+
+def _same_gradient(lm, forwards, rows):
+    """A trained module above the cached blocks (block 3's value projection) gets the same gradient either way."""
     v = lm.model.model.layers[3].self_attn.v_proj
     grads = []
-    for forward in (full, hidden):
+    for forward in forwards:
         extra = torch.zeros(v.out_features, requires_grad=True)
         hook = v.register_forward_hook(lambda m, i, o: o + extra)
         try:
@@ -48,6 +44,19 @@ def test_cached_prefix_gives_the_full_forwards_states_and_gradients(tiny_dir):
             hook.remove()
         grads.append(extra.grad)
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_cached_prefix_gives_the_full_forwards_states_and_gradients(tiny_dir):
+    lm = load_model(str(tiny_dir))
+    rows = _rows(lm, TEXTS)
+    assert block_of(lm.model, "model.layers.2.self_attn.v_proj") == 2
+    hidden, used = cached_forward(lm, 2, rows, rows[:2])
+    assert used
+    full = full_forward(lm)
+    for batch in (rows, rows[1:3], rows[3:]):   # other batch widths than the cached ones
+        _same_states(lm, (full, hidden), batch)
+    assert len(lm.model.model.layers) == 4          # the block list is put back after each call
+    _same_gradient(lm, (full, hidden), rows)
 
 
 def test_first_block_zero_uses_the_full_forward(tiny_dir):
@@ -103,31 +112,11 @@ def test_rows_that_begin_alike_run_their_beginning_once(tiny_dir):
     assert used and hidden.shared >= 8
     assert all(e.prompt[: hidden.shared] == rows[0].prompt[: hidden.shared] for e in rows[:4])
     full = full_forward(lm)
-    with torch.no_grad():
-        for batch in (rows, rows[2:], rows[3:5], rows[4:]):  # mixed, one row alike (plain path), none alike
-            want, got = full(batch), hidden(batch)
-            for i, e in enumerate(batch):
-                n = len(e.prompt) + len(e.answer)
-                assert torch.allclose(got[i, :n], want[i, :n], atol=1e-5), i
+    for batch in (rows, rows[2:], rows[3:5], rows[4:]):  # mixed, one row alike (plain path), none alike
+        _same_states(lm, (full, hidden), batch)
     alike, used = cached_forward(lm, 2, rows[:4], rows[:2])  # one chunk, all alike: the cache is built sharing it too
     assert used and alike.shared >= 8
-    with torch.no_grad():
-        want, got = full(rows[:4]), alike(rows[:4])
-    for i, e in enumerate(rows[:4]):
-        n = len(e.prompt) + len(e.answer)
-        assert torch.allclose(got[i, :n], want[i, :n], atol=1e-5), i
+    _same_states(lm, (full, alike), rows[:4])
     assert len(lm.model.model.layers) == 4
     assert [blk.self_attn.layer_idx for blk in lm.model.model.layers] == [0, 1, 2, 3]  # numbering put back
-    v = lm.model.model.layers[3].self_attn.v_proj
-    grads = []
-    for forward in (full, hidden):
-        extra = torch.zeros(v.out_features, requires_grad=True)
-        hook = v.register_forward_hook(lambda m, i, o: o + extra)
-        try:
-            h = forward(rows)
-            real = torch.cat([h[i, : len(e.prompt) + len(e.answer)] for i, e in enumerate(rows)])
-            lm.model.get_output_embeddings()(real).float().logsumexp(-1).sum().backward()
-        finally:
-            hook.remove()
-        grads.append(extra.grad)
-    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    _same_gradient(lm, (full, hidden), rows)
