@@ -9,6 +9,7 @@ sees exactly the positions it would see alone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from collections.abc import Sequence
@@ -94,10 +95,12 @@ def shared_length(rows: Sequence[Sequence[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def encode_prefix(model: torch.nn.Module, prefix: Sequence[int], device):
-    """The key/value cache of `prefix` run once (one row; `batch_repeat_interleave` it for a batch)."""
+def encode_prefix(model: torch.nn.Module, prefix: Sequence[int], device, within=contextlib.nullcontext):
+    """The key/value cache of `prefix` run once (one row; `batch_repeat_interleave` it for a batch).
+    The forward runs inside `within()`, e.g. a context that stops it after the blocks a caller reads."""
     cache = new_cache(model)
-    model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, **{cache_kwarg(model): cache})
+    with within():
+        model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, **{cache_kwarg(model): cache})
     return cache
 
 

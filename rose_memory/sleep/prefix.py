@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..arch import get_module, spec_for
-from ..generate import MIN_SHARED_PREFIX, cache_kwarg, common_prefix, new_cache, shared_length
+from ..generate import MIN_SHARED_PREFIX, cache_kwarg, common_prefix, encode_prefix, new_cache
 from ..model import LoadedModel
-from .teacher import body_and_pad, right_padded
+from .teacher import body_and_pad, prefixed_batch, right_padded
 
 Hidden = Callable[[Sequence], torch.Tensor]  # examples (with .prompt, .answer) -> last hidden states [n, len, d]
 
@@ -74,13 +74,9 @@ def cached_forward(lm: LoadedModel, first: int, examples: Sequence, check: Seque
 
     rows = list({id(e): e for e in list(examples) + list(check)}.values())
     rows.sort(key=_tokens)  # a chunk then mostly shares its beginning: that runs once, its key/value cache serves the chunk
-    key = cache_kwarg(body)
 
-    def run(**kwargs):
-        try:
-            body(**kwargs)
-        except _Stop:
-            pass
+    def encode(model, tokens, device):  # the beginning's cache up to block `first` (the hook stops it there)
+        return encode_prefix(model, tokens, device, within=lambda: contextlib.suppress(_Stop))
 
     hook = blocks[first].register_forward_pre_hook(grab, with_kwargs=True)
     try:
@@ -88,18 +84,10 @@ def cached_forward(lm: LoadedModel, first: int, examples: Sequence, check: Seque
             for start in range(0, len(rows), chunk):
                 part = rows[start:start + chunk]
                 tokens = [_tokens(e) for e in part]
-                shared = shared_length([list(e.prompt) for e in part])
                 grabbed.clear()
-                kwargs = {}
-                if shared:
-                    kv = new_cache(body)
-                    run(input_ids=torch.tensor([tokens[0][:shared]], device=lm.device), use_cache=True, **{key: kv})
-                    kv.batch_repeat_interleave(len(part))
-                    kwargs = {key: kv, "use_cache": True}
-                ids, mask = right_padded([t[shared:] for t in tokens], pad)
-                if shared:
-                    mask = torch.cat([torch.ones(len(part), shared, dtype=mask.dtype), mask], 1)
-                run(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), **kwargs)
+                ids, mask, kwargs, shared = prefixed_batch(body, tokens, [list(e.prompt) for e in part], pad, lm.device, encode)
+                with contextlib.suppress(_Stop):
+                    body(input_ids=ids, attention_mask=mask, **kwargs)
                 for i, e in enumerate(part):
                     x = grabbed[-1][i, : len(tokens[i]) - shared]
                     cache[id(e)] = torch.cat([grabbed[0][0], x]) if shared else x.clone()
@@ -170,7 +158,8 @@ def _shared_beginning(rows: Sequence, first_row, cache: dict, plain: Hidden, upp
         mask = torch.cat([seen[:, None].expand(-1, p).to(mask.dtype), mask], 1)
         kv = new_cache(body)
         with upper_only():
-            head = body(inputs_embeds=start, attention_mask=mask[seen][:1, :p], use_cache=True, **{key: kv}).last_hidden_state[0]
+            head = body(inputs_embeds=start, attention_mask=torch.ones_like(mask[:1, :p]), use_cache=True,
+                        **{key: kv}).last_hidden_state[0]
             kv.batch_repeat_interleave(len(batch))
             tail = body(inputs_embeds=states, attention_mask=mask, position_ids=positions, use_cache=True,
                         **{key: kv}).last_hidden_state

@@ -115,6 +115,23 @@ def right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def prefixed_batch(body: torch.nn.Module, rows: list[list[int]], prompts: list[list[int]], pad: int, device,
+                   encode=None) -> tuple[torch.Tensor, torch.Tensor, dict, int]:
+    """Token rows as one right-padded batch after the beginning their prompts share (`shared_length`:
+    every row keeps a prompt token of its own), that beginning run once by `encode(body, tokens,
+    device)` (default `encode_prefix`) and its key/value cache repeated for the batch: ids, mask (the beginning included),
+    the forward's keyword arguments and the beginning's length (0: none shared)."""
+    shared = shared_length(prompts)
+    ids, mask = right_padded([r[shared:] for r in rows], pad)
+    kwargs = {}
+    if shared:
+        cache = (encode or encode_prefix)(body, rows[0][:shared], device)
+        cache.batch_repeat_interleave(len(rows))
+        mask = torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype), mask], 1)
+        kwargs = {cache_kwarg(body): cache, "use_cache": True}
+    return ids.to(device), mask.to(device), kwargs, shared
+
+
 def body_and_pad(lm: LoadedModel) -> tuple[torch.nn.Module, int]:
     """The model without its output head (hidden states out), and the id that pads a batch."""
     body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
@@ -130,21 +147,13 @@ def _logprobs(lm: LoadedModel, prompts: list[list[int]], answers: list[list[int]
     out: list[torch.Tensor | None] = [None] * len(prompts)
     body, pad = body_and_pad(lm)
     head = lm.model.get_output_embeddings()
-    key = cache_kwarg(body)
     order = sorted(range(len(prompts)), key=lambda i: (prompts[i], i))
     with torch.no_grad():
         for start in range(0, len(order), chunk):
             idx = order[start:start + chunk]
-            rows = [prompts[i] for i in idx]
-            shared = shared_length(rows)  # every row keeps a prompt token of its own
-            ids, mask = right_padded([prompts[i][shared:] + answers[i] for i in idx], pad)
-            kwargs = {}
-            if shared:
-                cache = encode_prefix(body, rows[0][:shared], lm.device)
-                cache.batch_repeat_interleave(len(idx))
-                mask = torch.cat([torch.ones(len(idx), shared, dtype=mask.dtype), mask], 1)
-                kwargs = {key: cache, "use_cache": True}
-            h = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), **kwargs).last_hidden_state
+            ids, mask, kwargs, shared = prefixed_batch(body, [prompts[i] + answers[i] for i in idx],
+                                                       [prompts[i] for i in idx], pad, lm.device)
+            h = body(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
             for j, i in enumerate(idx):
                 s = len(prompts[i]) - shared - 1
                 out[i] = torch.log_softmax(head(h[j, s: s + len(answers[i])]).float(), -1).cpu()

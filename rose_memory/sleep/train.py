@@ -13,11 +13,11 @@ from ..arch import get_module, num_layers, spec_for
 from ..errors import RoseMemoryError
 from ..editing.delta import Delta
 from ..editing.hooks import stop_after_block
-from ..generate import cache_kwarg, new_cache, shared_length
+from ..generate import encode_prefix
 from ..model import LoadedModel
 from .config import SleepConfig
 from .prefix import Hidden, block_of, cached_forward
-from .teacher import Example, body_and_pad, right_padded
+from .teacher import Example, body_and_pad, prefixed_batch
 
 
 def _layers(model: torch.nn.Module, cfg: SleepConfig) -> list[int]:
@@ -131,8 +131,10 @@ def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool,
     rows: list[dict[str, torch.Tensor]] = [{} for _ in examples]
     grabbed: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
     body = getattr(model, "base_model", model)
-    key = cache_kwarg(body)
     last = max(block_of(model, p) for p in paths)
+
+    def encode(body, tokens, device):  # the beginning's cache up to the deepest module's block
+        return encode_prefix(body, tokens, device, within=lambda: stop_after_block(model, last))
     hooks = [get_module(model, p).register_forward_hook(lambda m, i, o, p=p: grabbed[p].append(i[0].detach().float().cpu()))
              for p in paths]
     order = sorted(range(len(examples)), key=lambda i: (list(examples[i].prompt), i))
@@ -141,21 +143,11 @@ def _inputs(model, paths: list[str], examples: list[Example], prompt_only: bool,
             for start in range(0, len(order), 16):
                 chunk = [examples[i] for i in order[start:start + 16]]
                 tokens = [list(e.prompt) + list(e.answer) for e in chunk]
-                shared = shared_length([list(e.prompt) for e in chunk])
                 for v in grabbed.values():
                     v.clear()
-                kwargs = {}
-                if shared:
-                    cache = new_cache(body)
-                    with stop_after_block(model, last):
-                        body(input_ids=torch.tensor([tokens[0][:shared]], device=device), use_cache=True, **{key: cache})
-                    cache.batch_repeat_interleave(len(chunk))
-                    kwargs = {key: cache, "use_cache": True}
-                ids, mask = right_padded([t[shared:] for t in tokens], pad)
-                if shared:
-                    mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype), mask], 1)
+                ids, mask, kwargs, shared = prefixed_batch(body, tokens, [list(e.prompt) for e in chunk], pad, device, encode)
                 with stop_after_block(model, last):
-                    body(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+                    body(input_ids=ids, attention_mask=mask, **kwargs)
                 for p, got in grabbed.items():
                     for j, i in enumerate(order[start:start + 16]):
                         x = got[-1][j, : len(tokens[j]) - shared]
