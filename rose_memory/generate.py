@@ -1,9 +1,9 @@
 """Greedy generation shared by the memory's verification, the CLI, the tests and the benchmark.
 
 One batched generator (`generate_ids`): prompts are grouped, left-padded, one `generate` per
-group. Prompts of a group that share a leading run of tokens (the chat template's system turn,
-facts put in context) have that prefix encoded once and its key/value cache shared by the whole
-group; the rest is left-padded after it. Position ids follow the attention mask, so every row
+group. The prompts of a group that share a leading run of tokens (the chat template's system turn,
+facts put in context) have that prefix encoded once and its key/value cache shared by the group;
+the rest is left-padded after it, and the group's other prompts see none of it (masked). Position ids follow the attention mask, so every row
 sees exactly the positions it would see alone.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -95,6 +96,26 @@ def shared_length(rows: Sequence[Sequence[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
+def _beginning(rows: Sequence[Sequence[int]]) -> tuple[int, list[bool]]:
+    """The beginning that most of a batch's rows share, if worth one separate forward (`shared_length`),
+    and which rows have it. Why not all rows: a batch that mixes chat prompts with raw text shares
+    nothing, and every chat row would then run the chat template's system turn itself (the sleep's
+    unrelated and canary prompts: 24 of their ~42 tokens each, until 2026-12-04)."""
+    none = (0, [False] * len(rows))
+    openings = Counter(tuple(r[:MIN_SHARED_PREFIX]) for r in rows if len(r) > MIN_SHARED_PREFIX)
+    if not openings:
+        return none
+    opening, n = openings.most_common(1)[0]
+    alike = [i for i, r in enumerate(rows) if len(r) > MIN_SHARED_PREFIX and tuple(r[:MIN_SHARED_PREFIX]) == opening]
+    p = shared_length([rows[i] for i in alike]) if n > 1 else 0
+    if not p:
+        return none
+    own = [False] * len(rows)
+    for i in alike:
+        own[i] = True
+    return p, own
+
+
 def encode_prefix(model: torch.nn.Module, prefix: Sequence[int], device, within=contextlib.nullcontext):
     """The key/value cache of `prefix` run once (one row; `batch_repeat_interleave` it for a batch).
     The forward runs inside `within()`, e.g. a context that stops it after the blocks a caller reads."""
@@ -115,19 +136,22 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
     model, tok = lm.model, lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(lm)[0]
     stop = eos_ids(lm)
-    shared = shared_length(rows)
+    shared, own = _beginning(rows)
+    first = rows[own.index(True)] if shared else rows[0]
     if shared and prefixes:
-        # Reuse the previous group's prefix if every row starts with it (a few tokens less shared
-        # is cheaper than encoding a long prefix, e.g. facts in context, again).
+        # Reuse the previous group's prefix if the sharing rows start with it (a few tokens less
+        # shared is cheaper than encoding a long prefix, e.g. facts in context, again).
         (kept,) = prefixes
-        if len(kept) <= shared and tuple(rows[0][: len(kept)]) == kept:
+        if len(kept) <= shared and tuple(first[: len(kept)]) == kept:
             shared = len(kept)
-    width = max(len(r) - shared for r in rows)
+    # rows without the shared beginning see none of it (masked, their positions from 0, as left padding)
+    rest = [list(r[shared:]) if o else list(r) for r, o in zip(rows, own)]
+    width = max(len(x) for x in rest)
     ids, mask = [], []
-    for r in rows:
-        gap = width - (len(r) - shared)
-        ids.append(list(r[:shared]) + [pad] * gap + list(r[shared:]))
-        mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
+    for r, o, x in zip(rows, own, rest):
+        gap = width - len(x)
+        ids.append((list(r[:shared]) if o else [pad] * shared) + [pad] * gap + x)
+        mask.append([int(o)] * shared + [0] * gap + [1] * len(x))
     device = lm.device
     input_ids = torch.tensor(ids, device=device)
     attention_mask = torch.tensor(mask, device=device)
@@ -145,7 +169,7 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[Sequence[int]], max_new_toke
     with torch.no_grad():
         if shared:
             key = cache_kwarg(model)
-            prefix = tuple(rows[0][:shared])
+            prefix = tuple(first[:shared])
             if prefixes is not None and prefix in prefixes:
                 cache = copy.deepcopy(prefixes[prefix])
             else:
