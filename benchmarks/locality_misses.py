@@ -15,7 +15,10 @@ confabulating, and such answers move under any change of the weights. This reads
 With two methods (`--pair A B`), it also counts the probes kept by one and missed by the
 other, so a sleep's cost can be told from its write's. With `--by-state`, each model state's
 locality in the run's order (the subject after whose writes it was measured): in sequential
-mode, how locality falls as edits accumulate, and the locality file's share of it.
+mode, how locality falls as edits accumulate, and the locality file's share of it. With
+`--by-asked`, the misses by the person each probe asks about (whatever subject was edited), and
+how many prompts miss in none, some, or at least half of the states they are asked in: whether a
+method's misses are spread over everyone or come back on a few fragile answers.
 
     python benchmarks/locality_misses.py docs/results/dev_batch_sleep_whole_3e4ccf3_seed1/answers.jsonl.gz \
         --data ../shared/benchmark/same_subject_dev.jsonl --pair rose rose+consolidate
@@ -72,7 +75,30 @@ def by_state(probes: list[dict], names: list[str]) -> list[dict]:
              "file kept": k[2], "file probes": k[3]} for s, k in states.items()]
 
 
-def summarize(rows: list[dict], data: str, pair: tuple[str, str] | None = None, states: bool = False) -> dict:
+def by_asked(probes: list[dict], names: list[str]) -> dict:
+    """Misses per person asked (most missed first; "locality file" for its prompts), and the prompts
+    by the share of their states in which they miss."""
+    asked: dict[str, list[int]] = {}
+    prompts: dict[str, list[int]] = {}
+    for r in probes:
+        who = next((n for n in names if n != r["subject"] and n in r["prompt"]), "locality file")
+        for key, table in ((who, asked), (r["prompt"], prompts)):
+            t = table.setdefault(key, [0, 0])
+            t[0] += not r["hit"]
+            t[1] += 1
+    shares = {p: m / n for p, (m, n) in prompts.items()}
+    often = [p for p, s in shares.items() if s >= 0.5]
+    misses = sum(m for m, _ in prompts.values())
+    return {"asked": [{"asked": a, "missed": m, "probes": n} for a, (m, n) in
+                      sorted(asked.items(), key=lambda kv: (-kv[1][0] / kv[1][1], kv[0]))],
+            "prompts missed in no state": sum(s == 0 for s in shares.values()),
+            "in some": sum(0 < s < 0.5 for s in shares.values()),
+            "in at least half": len(often),
+            "share of the misses from those": round(sum(prompts[p][0] for p in often) / misses, 3) if misses else 0.0}
+
+
+def summarize(rows: list[dict], data: str, pair: tuple[str, str] | None = None, states: bool = False,
+              asked: bool = False) -> dict:
     subjects = load_benchmark(data)
     objects = {s.name: [f.target for f in s.facts] for s in subjects}
     names = [s.name for s in subjects]
@@ -89,6 +115,8 @@ def summarize(rows: list[dict], data: str, pair: tuple[str, str] | None = None, 
                                   "misses": dict(kinds.most_common())}
         if states:
             out["methods"][method]["by state"] = by_state(list(probes.values()), names)
+        if asked:
+            out["methods"][method]["by asked"] = by_asked(list(probes.values()), names)
     if pair:
         a, b = (by_method.get(m) for m in pair)
         if a is None or b is None:
@@ -112,9 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pair", nargs=2, metavar=("A", "B"), help="two methods of the file, compared probe by probe")
     p.add_argument("--by-state", action="store_true",
                    help="also each model state's locality in the run's order (sequential mode: as edits accumulate)")
+    p.add_argument("--by-asked", action="store_true",
+                   help="also the misses by the person asked, and how often each prompt misses across the states")
     args = p.parse_args(argv)
     json.dump(summarize(read_answers(args.answers), args.data, tuple(args.pair) if args.pair else None,
-                        args.by_state), sys.stdout, indent=1)
+                        args.by_state, args.by_asked), sys.stdout, indent=1)
     print()
 
 

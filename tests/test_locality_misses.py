@@ -66,3 +66,22 @@ def test_locality_by_state_in_the_run_order(tmp_path):
     assert out["methods"]["m"]["by state"] == [
         {"after": "Ada Quill", "kept": 2, "probes": 2, "locality": 1.0, "file kept": 1, "file probes": 1},
         {"after": "Bo Renn", "kept": 0, "probes": 1, "locality": 0.0, "file kept": 0, "file probes": 1}]
+
+
+def test_misses_by_the_person_asked_and_how_often_each_prompt_misses(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(s) + "\n" for s in SUBJECTS))
+    q = "<|im_start|>user\nWhat does Bo Renn eat?<|im_end|>\n<|im_start|>assistant\n"
+    rows = [_row("m", q, "Bo Renn eats rice.", "Bo Ren eats rice."),            # missed after Ada's edit
+            _row("m", q + " ", "Bo Renn eats rice.", "Bo Renn eats rice."),
+            _row("m", "The capital of France is", " Paris.", " Paris.")]
+    # after Bo Renn's edit: the locality file's prompt misses, and a question about Ada Quill
+    rows += [dict(_row("m", "The capital of France is", " Paris.", " Paris, France."), subject="Bo Renn"),
+             dict(_row("m", "Where does Ada Quill live?", "In a house.", "In a house."), subject="Bo Renn")]
+    out = locality_misses.summarize(rows, str(data), asked=True)["methods"]["m"]["by asked"]
+    assert out["asked"] == [{"asked": "Bo Renn", "missed": 1, "probes": 2},
+                            {"asked": "locality file", "missed": 1, "probes": 2},
+                            {"asked": "Ada Quill", "missed": 0, "probes": 1}]
+    # the file's prompt missed in 1 of its 2 states, the first question in its only one
+    assert (out["prompts missed in no state"], out["in some"], out["in at least half"]) == (2, 0, 2)
+    assert out["share of the misses from those"] == 1.0
