@@ -41,17 +41,21 @@ def read_answers(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def asked_about(row: dict, names: list[str]) -> str | None:
+    """The person a locality probe asks about; None for a prompt of the locality file. Locality
+    probes never ask about the subject under edit: its name in a prompt is context."""
+    return next((n for n in names if n != row["subject"] and n in row["prompt"]), None)
+
+
 def kind_of(row: dict, objects: dict[str, list[str]], names: list[str]) -> str:
     """One missed locality probe's kind (see the module's docstring)."""
-    # locality probes never ask about the subject under edit; its name in a prompt is context
-    asked = [n for n in names if n != row["subject"] and n in row["prompt"]]
-    if not asked:
+    name = asked_about(row, names)
+    if name is None:
         return "locality file"
     answer, before = row["answer"], row["target"]
     if any(o.lower() in answer.lower() and o.lower() not in before.lower()
            for o in objects.get(row["subject"], [])):
         return "leak"
-    name = asked[0]
     if (name in before) != (name in answer):
         return "name respelt"
     a, b = before.split(), answer.split()
@@ -66,7 +70,7 @@ def by_state(probes: list[dict], names: list[str]) -> list[dict]:
     states: dict[str, list[int]] = {}
     for r in probes:
         kept = states.setdefault(r["subject"], [0, 0, 0, 0])
-        in_file = not any(n != r["subject"] and n in r["prompt"] for n in names)
+        in_file = asked_about(r, names) is None
         kept[0] += r["hit"]
         kept[1] += 1
         kept[2] += r["hit"] and in_file
@@ -81,7 +85,7 @@ def by_asked(probes: list[dict], names: list[str]) -> dict:
     asked: dict[str, list[int]] = {}
     prompts: dict[str, list[int]] = {}
     for r in probes:
-        who = next((n for n in names if n != r["subject"] and n in r["prompt"]), "locality file")
+        who = asked_about(r, names) or "locality file"
         for key, table in ((who, asked), (r["prompt"], prompts)):
             t = table.setdefault(key, [0, 0])
             t[0] += not r["hit"]

@@ -3,8 +3,8 @@
 One batched generator (`generate_ids`): prompts are grouped, left-padded, one `generate` per
 group. The prompts of a group that share a leading run of tokens (the chat template's system turn,
 facts put in context) have that prefix encoded once and its key/value cache shared by the group;
-the rest is left-padded after it, and the group's other prompts see none of it (masked). Position ids follow the attention mask, so every row
-sees exactly the positions it would see alone.
+the rest is left-padded after it, and the group's other prompts see none of it (masked).
+Position ids follow the attention mask, so every row sees exactly the positions it would see alone.
 """
 
 from __future__ import annotations
