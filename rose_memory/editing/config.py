@@ -41,11 +41,6 @@ class EditConfig(BaseModel):
     # Dev split, seed 0: locality 0.937 -> 0.945 with 16 (instruction 71 -> 69 of 246); 64 gave
     # the same locality (0.945) for 25% more time per write. docs/results.md, commit 3c1df66.
     keep_names: int = Field(16, ge=0, le=64)
-    # Also leave alone every token of everyday chat questions about this many made-up people
-    # (syllable names, sleep.people; 3 questions each, from the name to the assistant's turn): the
-    # locality misses are other people's near-tied guesses, tipped wherever the update fires in
-    # their question, not only at their name's last token. 0: off.
-    keep_questions: int = Field(0, ge=0, le=64)
     chat_contexts: bool = True       # align keys and targets inside the chat template too
     # The chat row that asks with the relation's own words ("S lives in the city of?"): "object"
     # scores the object as the reply's first word (the default until 7cc1853; its target probability

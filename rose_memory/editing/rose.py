@@ -26,7 +26,7 @@ from .hooks import keys_and_outputs
 from .spread import spread
 from .stats import moments_for, protectors_for
 from .targets import TargetCache, optimize_values
-from .tokens import Row, _spaces_forward, build_row, split_prompt
+from .tokens import Row, build_row, split_prompt
 
 
 def _tagged(row: Row, group: int) -> Row:
@@ -114,21 +114,6 @@ def other_name_rows(lm: LoadedModel, names: list[str], natural: bool) -> list[Ro
                                            build_row(lm, _in_chat(lm, f"Tell me about {n}.", n), natural))]
 
 
-def question_keep_rows(lm: LoadedModel, names: list[str], natural: bool, per_person: int = 3) -> list[Row]:
-    """Everyday chat questions about `names` (`per_person` each): every token from the name to the
-    end of the prompt is kept (the template before it is kept by `keep_rows` already)."""
-    from ..sleep.people import person_questions   # sleep imports editing: a local import
-    rows = []
-    for i, n in enumerate(names):
-        for q in person_questions(n, per_person, per_person * i):
-            pieces = _in_chat(lm, q, n)
-            pieces = _spaces_forward(pieces) if natural else pieces
-            start = len(build_row(lm, pieces[:1], False).ids)   # where the name begins
-            whole = build_row(lm, pieces, False)
-            rows.append(Row(ids=whole.ids, lookups=list(range(start, len(whole.ids)))))
-    return rows
-
-
 def _kl_row(lm, subject: str, group: int, natural: bool) -> Row:
     return _tagged(build_row(lm, [("subject", subject), ("text", " is a")], natural), group)
 
@@ -212,10 +197,5 @@ def edit_rose(lm: LoadedModel, reqs: list[EditRequest], cfg: EditConfig, cache: 
     if cfg.iso and cfg.keep_weight > 0:
         others = [n for n in OTHER_NAMES[:cfg.keep_names] if n not in by_subject]
         keep = [r for s in subjects for r in keep_rows(lm, s, natural)] + other_name_rows(lm, others, natural)
-        if cfg.keep_questions:
-            from ..sleep.people import made_up_names
-            people = [n for n in made_up_names(cfg.keep_questions + len(subjects), cfg.seed, stream="held")
-                      if n not in by_subject][:cfg.keep_questions]
-            keep += question_keep_rows(lm, people, natural)
     return spread(lm, cfg.layers, krows, owner, value_rows, values, solve, name, average_keys=average,
                   progress=progress, keep_rows=keep, keep_weight=cfg.keep_weight)

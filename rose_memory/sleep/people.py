@@ -36,11 +36,9 @@ def _word(rng: random.Random) -> str:
     return w.capitalize()
 
 
-def made_up_names(n: int, seed: int, avoid: str = "", stream: str = "names") -> list[str]:
-    """`n` distinct two-word names from syllables, the same for the same seed and `stream`; none
-    equal to `avoid`. Another `stream` draws other names (the write's held people are not the
-    sleep's canary)."""
-    rng = random.Random(f"{stream}:{seed}")
+def made_up_names(n: int, seed: int, avoid: str = "") -> list[str]:
+    """`n` distinct two-word names from syllables, the same for the same seed; none equal to `avoid`."""
+    rng = random.Random(f"names:{seed}")
     out: list[str] = []
     while len(out) < n:
         name = f"{_word(rng)} {_word(rng)}"
