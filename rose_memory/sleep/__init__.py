@@ -125,9 +125,6 @@ def consolidate_subject(lm: LoadedModel, reqs: list[EditRequest], wake_groups: l
     subject = reqs[0].subject
     namer = recombined_names if cfg.people == "recombined" else made_up_names
     people = namer(cfg.other_names + cfg.canary_names, cfg.seed, avoid=subject)
-    if cfg.people == "trained_recombined":  # recombined names held in training, the canary's syllable names as before
-        people = (recombined_names(cfg.other_names, cfg.seed, avoid=subject)
-                  + made_up_names(cfg.other_names + cfg.canary_names, cfg.seed, avoid=subject)[cfg.other_names:])
     # unrelated prompts and the canary are held to what the memory answers now (the wake edits as the
     # student sees them, no sleep delta): the sleep is judged on what it moves, and a student held to
     # the answers before the wake edit learns to undo the edit's own side effects, a broad change

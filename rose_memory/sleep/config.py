@@ -89,10 +89,8 @@ class SleepConfig(BaseModel):
     other_names: int = 24            # made-up people asked the subject's and everyday questions, held to their old answers
     # how the made-up people (unrelated prompts and canary) are named: "syllables" ("Ciloux Zimum"), or
     # "recombined", a first name and a surname of two different people of our name list ("Mei Gallagher"),
-    # closer to the names a memory is told about; "trained_recombined": recombined for the unrelated
-    # prompts the student is held to, syllables for the canary (the names' pieces the delta must not
-    # fire on are a real name's, while the canary's scale choice stays as it was)
-    people: Literal["syllables", "recombined", "trained_recombined"] = "syllables"
+    # closer to the names a memory is told about
+    people: Literal["syllables", "recombined"] = "syllables"
     person_questions: int = 3        # everyday questions per other person (people.PERSON_QUESTIONS, cycled)
     generic_negatives: int = 12      # generic chat and text prompts held to their old answers
     # facts the memory holds about other subjects, asked in their edit form (and each such subject an open
