@@ -48,11 +48,14 @@ def question_row(lm, name: str, question: str) -> tuple[Row, list[str]]:
     return Row(ids=row.ids, lookups=list(range(n))), kinds
 
 
-def moved(lm, delta, layer: int, rows: list[Row]):
-    """|dW k| at every lookup of `rows` (in order) for the update at `layer`."""
-    u, v = delta.factors[spec_for(lm.model).mlp_out_weight(layer)]
-    k = keys_at_lookups(lm, rows, [layer])[layer]                      # [n, d_in]
-    return (u @ (v.T @ k.T)).norm(dim=0)
+def moved(lm, delta, layers: list[int], rows: list[Row]) -> dict:
+    """{layer: |dW k| at every lookup of `rows` (in order)} for each layer's update; one forward."""
+    keys = keys_at_lookups(lm, rows, layers)                           # {layer: [n, d_in]}
+    out = {}
+    for layer in layers:
+        u, v = delta.factors[spec_for(lm.model).mlp_out_weight(layer)]
+        out[layer] = (u @ (v.T @ keys[layer].T)).norm(dim=0)
+    return out
 
 
 def measure(lm, subjects, index: int, method: str, settings: dict) -> dict:
@@ -65,9 +68,9 @@ def measure(lm, subjects, index: int, method: str, settings: dict) -> dict:
     own = [question_row(lm, target.name, q.format(target.name)) for f in target.facts for q in f.questions]
     own_rows = [Row(ids=r.ids, lookups=[k.index("name_last")]) for r, k in own]
     out = {"subject": target.name, "method": method, "layers": {}}
+    theirs, ours = moved(lm, delta, layers, [r for r, _ in others]), moved(lm, delta, layers, own_rows)
     for layer in layers:
-        m = moved(lm, delta, layer, [r for r, _ in others]).tolist()
-        mine = moved(lm, delta, layer, own_rows)
+        m, mine = theirs[layer].tolist(), ours[layer]
         by_kind, pieces, i = defaultdict(list), {}, 0
         for row, kinds in others:
             for pos, kind in enumerate(kinds):

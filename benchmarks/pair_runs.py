@@ -12,30 +12,21 @@ prompt, target), on the subjects both runs wrote (a `--limit` run against a whol
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
+
+from locality_misses import read_answers
 
 
 def read(path: str, method: str) -> dict[tuple, bool]:
-    opener = gzip.open if path.endswith(".gz") else open
-    out = {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            if r["method"] == method:
-                out[(r["subject"], r["metric"], r["prompt"], json.dumps(r.get("target")))] = bool(r["hit"])
-    return out
+    """One method's probes of an answers file: (subject, metric, prompt, target) -> right."""
+    return {(r["subject"], r["metric"], r["prompt"], json.dumps(r.get("target"))): bool(r["hit"])
+            for r in read_answers(path) if r["method"] == method}
 
 
 def paired(a: dict[tuple, bool], b: dict[tuple, bool]) -> dict[str, dict[str, int]]:
     """Per metric: probes in both, right in A, right in B, right in A only, right in B only."""
-    subjects = {k[0] for k in a} & {k[0] for k in b}
     out: dict[str, dict[str, int]] = {}
     for k in sorted(a.keys() & b.keys()):
-        if k[0] not in subjects:
-            continue
         m = out.setdefault(k[1], {"probes": 0, "a": 0, "b": 0, "a only": 0, "b only": 0})
         m["probes"] += 1
         m["a"] += a[k]
