@@ -108,12 +108,26 @@ def sleep_on(lm, subject, wake: Delta, cfg: SleepConfig) -> Delta | None:
     return out.delta
 
 
+class Rows(list):
+    """The rows of one subject; each is reported on stderr as it comes (a subject takes minutes)."""
+
+    def __init__(self, subject: str):
+        super().__init__()
+        self.subject = subject
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        figures = ", ".join(f"{m} {row[m][0]} of {row[m][1]}" for m in ("locality", "efficacy", "instruction") if m in row)
+        print(f"{self.subject}: {row['condition']}: {figures or 'refused'}", file=sys.stderr, flush=True)
+
+
 def run_subject(lm, subjects, index: int, loc_items, settings: dict, sleep_cfg: SleepConfig | None,
                 scales: list[float], draws: int) -> dict:
     s = subjects[index]
     asker = Asker(lm, subjects, s, loc_items)
     wake = edit(lm, s.requests(), "rose", settings)
-    rows = [{"condition": "write", "norm": wake.norm(), **measured(lm, asker, [wake])}]
+    rows = Rows(s.name)
+    rows.append({"condition": "write", "norm": wake.norm(), **measured(lm, asker, [wake])})
     for k in scales:
         w = scaled(wake, k)
         rows.append({"condition": f"write x{k:g}", "norm": w.norm(), **measured(lm, asker, [w])})
@@ -130,7 +144,7 @@ def run_subject(lm, subjects, index: int, loc_items, settings: dict, sleep_cfg: 
             for d in range(draws):
                 rows.append({"condition": "write+noise(sleep)", "draw": d, "norm": sleep.norm(),
                              **measured(lm, asker, [wake, noise_like(sleep, 1000 * index + 500 + d)])})
-    return {"subject": s.name, "rows": rows}
+    return {"subject": s.name, "rows": list(rows)}
 
 
 def totals(runs: list[dict]) -> list[dict]:
