@@ -85,9 +85,9 @@ def measured(lm, asker: Asker, deltas: list[Delta]) -> dict:
             d.revert(lm.model)
 
 
-def sleep_on(lm, subject, wake: Delta, cfg: SleepConfig) -> Delta | None:
-    """The sleep stage on top of the subject's write, as `rose+consolidate` runs it; the sleep delta
-    it leaves (None when refused). Nothing stays applied."""
+def sleep_on(lm, subject, wake: Delta, cfg: SleepConfig) -> tuple[Delta | None, str | None]:
+    """The sleep stage on top of the subject's write, as `rose+consolidate` runs it: the sleep delta
+    it leaves (None when refused) and why it was refused. Nothing stays applied."""
     held = {"wake": None, "sleep": None}
 
     def set_weights(scales, delta):
@@ -105,7 +105,7 @@ def sleep_on(lm, subject, wake: Delta, cfg: SleepConfig) -> Delta | None:
         for d in held.values():
             if d is not None and d.is_applied:
                 d.revert(lm.model)
-    return out.delta
+    return out.delta, out.reason
 
 
 class Rows(list):
@@ -135,9 +135,9 @@ def run_subject(lm, subjects, index: int, loc_items, settings: dict, sleep_cfg: 
         rows.append({"condition": "noise(write)", "draw": d, "norm": wake.norm(),
                      **measured(lm, asker, [noise_like(wake, 1000 * index + d)])})
     if sleep_cfg is not None:
-        sleep = sleep_on(lm, s, wake, sleep_cfg)
+        sleep, reason = sleep_on(lm, s, wake, sleep_cfg)
         if sleep is None:
-            rows.append({"condition": "write+sleep", "refused": True})
+            rows.append({"condition": "write+sleep", "refused": reason or True})
         else:
             rows.append({"condition": "write+sleep", "norm": sleep.norm(), "scale": sleep.meta.get("scale"),
                          **measured(lm, asker, [wake, sleep])})

@@ -72,3 +72,26 @@ def test_bad_input_is_refused_before_the_model_loads(tmp_path, capsys):
     assert "--subjects must be within 0..2" in capsys.readouterr().err
     assert locality_floor.main([str(data), "--locality", str(loc), "--scales", "half"]) == 2
     assert "--scales" in capsys.readouterr().err
+
+
+def test_the_sleep_path_on_the_tiny_model(tiny_dir, tmp_path, capsys):
+    """--sleep runs the sleep on top of the write and says why one is refused; nothing stays applied."""
+    from rose_memory.model import load_cached
+    from rose_memory.tiny import TINY_EDIT
+
+    data, loc = _files(tmp_path)
+    out = tmp_path / "out.json"
+    tiny = load_cached(str(tiny_dir))
+    before = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
+    args = [str(data), "--locality", str(loc), "--model", str(tiny_dir), "--subjects", "1", "--draws", "1",
+            "--scales", "", "--sleep", "--json", str(out)]
+    args += [a for k, v in TINY_EDIT.items() for a in ("--set", f"{k}={v}")]
+    args += [a for kv in ("steps=2", "other_names=2", "canary_names=2", "generic_negatives=2", "model_questions=1",
+                          "samples=1") for a in ("--sleep-set", kv)]
+    assert locality_floor.main(args) == 0
+    rows = {r["condition"]: r for r in json.loads(out.read_text())["runs"][0]["rows"]}
+    assert {"write", "noise(write)", "write+sleep"} <= set(rows)
+    sleep = rows["write+sleep"]
+    assert isinstance(sleep.get("refused"), str) or sleep["locality"][1] == 4
+    assert "Osric Tamberlane: write+sleep:" in capsys.readouterr().err
+    assert all(torch.allclose(p, before[n], atol=1e-5) for n, p in tiny.model.named_parameters())
