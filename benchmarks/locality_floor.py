@@ -25,6 +25,7 @@ import sys
 import torch
 
 from rose_memory.editing import edit
+from rose_memory.editing.config import validated
 from rose_memory.editing.delta import Delta
 from rose_memory.errors import RoseMemoryError
 from rose_memory.eval.cli import _check_output, parse_settings, parse_sleep_settings
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:   # everything given is checked before the model loads
         settings = parse_settings(args.settings)
+        validated(settings, "bad --set")      # a misspelt editing setting, before the model loads
         sleep_cfg = SleepConfig.model_validate(parse_sleep_settings(args.sleep_settings)) if args.sleep else None
         subjects, loc_items = load_benchmark(args.data), load_locality(args.locality)
         try:

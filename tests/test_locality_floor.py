@@ -72,6 +72,8 @@ def test_bad_input_is_refused_before_the_model_loads(tmp_path, capsys):
     assert "--subjects must be within 0..2" in capsys.readouterr().err
     assert locality_floor.main([str(data), "--locality", str(loc), "--scales", "half"]) == 2
     assert "--scales" in capsys.readouterr().err
+    assert locality_floor.main([str(data), "--locality", str(loc), "--set", "clamp_norm=0.5"]) == 2
+    assert "unknown editing setting(s) clamp_norm" in capsys.readouterr().err
 
 
 def test_the_sleep_path_on_the_tiny_model(tiny_dir, tmp_path, capsys):
