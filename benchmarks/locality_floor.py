@@ -29,7 +29,7 @@ from rose_memory.editing.config import validated
 from rose_memory.editing.delta import Delta
 from rose_memory.errors import RoseMemoryError
 from rose_memory.eval.cli import _check_output, parse_settings, parse_sleep_settings
-from rose_memory.eval.data import load_benchmark, load_locality
+from rose_memory.eval.data import fill, load_benchmark, load_locality
 from rose_memory.eval.generate import decode, encode, render
 from rose_memory.eval.metrics import LOCALITY_TOKENS, hit, same_start
 from rose_memory.generate import generate_ids
@@ -58,8 +58,8 @@ class Asker:
         self.lm = lm
         others = [q for o in subjects if o is not subject for q in o.questions()]
         self.loc = [(render(lm, it.prompt, it.chat), it.chat) for it in loc_items] + [(render(lm, q, True), True) for q in others]
-        self.edit = [(f.target, f.prompt.replace("{}", subject.name)) for f in subject.facts]
-        self.questions = [(f.target, q.replace("{}", subject.name)) for f in subject.facts for q in f.questions]
+        self.edit = [(f.target, fill(f.prompt, subject.name)) for f in subject.facts]
+        self.questions = [(f.target, fill(q, subject.name)) for f in subject.facts for q in f.questions]
         self.ref = self._gen(self.loc, LOCALITY_TOKENS)
 
     def _gen(self, prompts, n):
@@ -75,37 +75,60 @@ class Asker:
                 "instruction": [sum(hit(decode(self.lm, a), t) for (t, _), a in zip(self.questions, ins)), len(self.questions)]}
 
 
+class Touched:
+    """Applies deltas to the model and keeps the values of the weights they touch as they were first
+    found, to put back bit for bit at the end: `Delta.revert` subtracts again, exact only to float
+    rounding, and this runs on the process's cached model."""
+
+    def __init__(self, lm):
+        self.model = lm.model
+        self.params = dict(lm.model.named_parameters())
+        self.saved: dict[str, torch.Tensor] = {}
+
+    def apply(self, delta: Delta) -> Delta:
+        for name in delta.factors:
+            self.saved.setdefault(name, self.params[name].detach().clone())
+        return delta.apply(self.model)
+
+    def put_back(self, deltas) -> None:
+        for d in deltas:
+            if d is not None and d.is_applied:
+                d.revert(self.model)
+        with torch.no_grad():
+            for name, value in self.saved.items():
+                self.params[name].copy_(value)
+
+
 def measured(lm, asker: Asker, deltas: list[Delta]) -> dict:
-    """Score with `deltas` applied, then revert them."""
-    for d in deltas:
-        d.apply(lm.model)
+    """Score with `deltas` applied; the weights are the same as before afterwards."""
+    touched = Touched(lm)
     try:
+        for d in deltas:
+            touched.apply(d)
         return asker.score()
     finally:
-        for d in reversed(deltas):
-            d.revert(lm.model)
+        touched.put_back(reversed(deltas))
 
 
 def sleep_on(lm, subject, wake: Delta, cfg: SleepConfig) -> tuple[Delta | None, str | None]:
     """The sleep stage on top of the subject's write, as `rose+consolidate` runs it: the sleep delta
-    it leaves (None when refused) and why it was refused. Nothing stays applied."""
+    it leaves (None when refused) and why it was refused. The weights are the same as before afterwards."""
     held = {"wake": None, "sleep": None}
+    touched = Touched(lm)
 
     def set_weights(scales, delta):
         for key in held:
             if held[key] is not None:
                 held[key].revert(lm.model)
                 held[key] = None
-        held["wake"] = (scaled(wake, scales[0]) if scales[0] != 1.0 else wake).apply(lm.model)
-        held["sleep"] = delta.apply(lm.model) if delta is not None else None
+        held["wake"] = touched.apply(scaled(wake, scales[0]) if scales[0] != 1.0 else wake)
+        held["sleep"] = touched.apply(delta) if delta is not None else None
 
     reqs = subject.requests()
     try:
         out = consolidate_subject(lm, reqs, [list(range(len(reqs)))], set_weights, cfg)
     finally:
-        for d in held.values():
-            if d is not None and d.is_applied:
-                d.revert(lm.model)
+        touched.put_back(held.values())
     return out.delta, out.reason
 
 
