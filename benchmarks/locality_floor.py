@@ -24,19 +24,18 @@ import sys
 
 import torch
 
+from ledger_replay import restore
 from rose_memory.editing import edit
 from rose_memory.editing.config import validated
 from rose_memory.editing.delta import Delta
 from rose_memory.errors import RoseMemoryError
 from rose_memory.eval.cli import _check_output, parse_settings, parse_sleep_settings
-from rose_memory.eval.data import fill, load_benchmark, load_locality
-from rose_memory.eval.generate import decode, encode, render
+from rose_memory.eval.data import load_benchmark, load_locality
+from rose_memory.eval.generate import decode
 from rose_memory.eval.metrics import LOCALITY_TOKENS, hit, same_start
-from rose_memory.generate import generate_ids
+from rose_memory.eval.runner import Answerer, locality_probes, main_probes
 from rose_memory.model import load_cached
 from rose_memory.sleep import SleepConfig, consolidate_subject, scaled
-
-ANSWER_TOKENS = 24   # the eval's answer length
 
 
 def noise_like(delta: Delta, seed: int) -> Delta:
@@ -52,33 +51,36 @@ def noise_like(delta: Delta, seed: int) -> Delta:
 
 
 class Asker:
-    """Greedy answers of the model as it stands, for the probes of one subject."""
+    """The eval's locality probes (the locality file and every other subject's questions) and the
+    subject's edit forms and questions, built and answered by the eval's own pieces; each measurement
+    is a fresh model state of one Answerer, scored against its unedited ("clean") answers."""
 
     def __init__(self, lm, subjects, subject, loc_items):
         self.lm = lm
-        others = [q for o in subjects if o is not subject for q in o.questions()]
-        self.loc = [(render(lm, it.prompt, it.chat), it.chat) for it in loc_items] + [(render(lm, q, True), True) for q in others]
-        self.edit = [(f.target, fill(f.prompt, subject.name)) for f in subject.facts]
-        self.questions = [(f.target, fill(q, subject.name)) for f in subject.facts for q in f.questions]
-        self.ref = self._gen(self.loc, LOCALITY_TOKENS)
-
-    def _gen(self, prompts, n):
-        return generate_ids(self.lm, [encode(self.lm, t, c) for t, c in prompts], max_new_tokens=n)
+        self.answerer = Answerer(lm, progress=False)
+        self.loc = locality_probes(loc_items, [o for o in subjects if o is not subject], LOCALITY_TOKENS)
+        self.own = [p for p in main_probes(subject) if p.metric in ("efficacy", "instruction")]
+        self.ref = [ids for _, ids in self.answerer.ask("clean", self.loc)]
+        self.states = 0
 
     def score(self) -> dict:
-        after = self._gen(self.loc, LOCALITY_TOKENS)
-        kept = sum(same_start(a, b) for a, b in zip(self.ref, after))
-        eff = self._gen([(p, False) for _, p in self.edit], ANSWER_TOKENS)
-        ins = self._gen([(render(self.lm, q, True), True) for _, q in self.questions], ANSWER_TOKENS)
-        return {"locality": [kept, len(self.loc)],
-                "efficacy": [sum(hit(decode(self.lm, a), t) for (t, _), a in zip(self.edit, eff)), len(self.edit)],
-                "instruction": [sum(hit(decode(self.lm, a), t) for (t, _), a in zip(self.questions, ins)), len(self.questions)]}
+        self.states += 1
+        state = f"measured#{self.states}"
+        answers = [ids for _, ids in self.answerer.ask(state, self.loc + self.own)]
+        self.answerer.drop(state)
+        loc, own = answers[: len(self.loc)], answers[len(self.loc):]
+        out = {"locality": [sum(same_start(a, b) for a, b in zip(self.ref, loc)), len(self.loc)]}
+        for metric in ("efficacy", "instruction"):
+            asked = [(p, ids) for p, ids in zip(self.own, own) if p.metric == metric]
+            out[metric] = [sum(hit(decode(self.lm, ids), p.target) for p, ids in asked), len(asked)]
+        return out
 
 
 class Touched:
     """Applies deltas to the model and keeps the values of the weights they touch as they were first
-    found, to put back bit for bit at the end: `Delta.revert` subtracts again, exact only to float
-    rounding, and this runs on the process's cached model."""
+    found, put back bit for bit at the end by ledger_replay's `restore` (as its `add` keeps them):
+    `Delta.revert` subtracts again, exact only to float rounding, and this runs on the process's
+    cached model. Deltas go through `Delta.apply`, so the sleep's callback can revert them on the way."""
 
     def __init__(self, lm):
         self.model = lm.model
@@ -94,9 +96,7 @@ class Touched:
         for d in deltas:
             if d is not None and d.is_applied:
                 d.revert(self.model)
-        with torch.no_grad():
-            for name, value in self.saved.items():
-                self.params[name].copy_(value)
+        restore(self.params, self.saved)
 
 
 def measured(lm, asker: Asker, deltas: list[Delta]) -> dict:
