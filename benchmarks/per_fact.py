@@ -17,13 +17,13 @@ import json
 import sys
 from collections import defaultdict
 
-from locality_misses import read_answers
+from locality_misses import by_state, read_answers
 from rose_memory.errors import RoseMemoryError
 from rose_memory.eval.data import fill, load_benchmark
 
 
 def tally(rows: list[dict], method: str) -> dict:
-    """{(subject, metric, object or ''): [hits, probes]} for one method's efficacy, instruction and locality."""
+    """{(subject, metric, object): [hits, probes]} for one method's efficacy and instruction."""
     out: dict = defaultdict(lambda: [0, 0])
     for r in rows:
         if r["method"] != method:
@@ -31,8 +31,6 @@ def tally(rows: list[dict], method: str) -> dict:
         m = r["metric"]
         if m in ("efficacy", "instruction"):
             key = (r["subject"], m, r["target"])
-        elif m == "locality":
-            key = (r["subject"], m, "")
         else:
             continue
         out[key][0] += bool(r["hit"])
@@ -66,11 +64,14 @@ def sleep_figures(path: str) -> dict:
 
 def table(subjects, rows: list[dict], method: str, sleeps: dict | None) -> str:
     t, conf = tally(rows, method), confusions_by_fact(rows, method)
+    states = by_state([r for r in rows if r["method"] == method and r["metric"] == "locality"],
+                      [s.name for s in subjects])
+    locality = {st["after"]: st for st in states}
     cols = ["subject", "fact", "edit form", "questions", "confused"] + (["gate before -> after", "sleep scale"] if sleeps else [])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     totals = defaultdict(int)
     for s in subjects:
-        loc = t.get((s.name, "locality", ""))
+        loc = locality.get(s.name)
         for i, f in enumerate(s.facts):
             e = t.get((s.name, "efficacy", f.target), [0, 0])
             q = t.get((s.name, "instruction", f.target), [0, 0])
@@ -85,9 +86,10 @@ def table(subjects, rows: list[dict], method: str, sleeps: dict | None) -> str:
                           (f"{scale:g}" if scale is not None else "-")]
             lines.append("| " + " | ".join(cells) + " |")
         if loc:
-            totals["missed"] += loc[1] - loc[0]
-            totals["probes"] += loc[1]
-            lines.append(f"| | locality: {loc[1] - loc[0]} of {loc[1]} missed |" + " |" * (len(cols) - 2))
+            missed = loc["probes"] - loc["kept"]
+            totals["missed"] += missed
+            totals["probes"] += loc["probes"]
+            lines.append(f"| | locality: {missed} of {loc['probes']} missed |" + " |" * (len(cols) - 2))
     lines.append(f"\nQuestions {totals['questions']} of {totals['asked']}, confused {totals['confused']}; "
                  f"locality {totals['missed']} of {totals['probes']} missed.")
     return "\n".join(lines)
